@@ -1,0 +1,228 @@
+"""Typed configuration: YAML with ``${ENV}`` interpolation, validated once at start-up.
+
+Every error names the key it is about (``models.chat.targets[1].provider: ...``). Provider
+blocks are validated in two steps: ``type`` picks the provider class from the registry,
+and that class's own ``Options`` model validates the rest, so a new provider type brings
+its own keys without touching this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Backoff(Strict):
+    initial_s: float = Field(0.1, ge=0)
+    max_s: float = Field(5.0, ge=0)
+    multiplier: float = Field(2.0, ge=1)
+    jitter: bool = True
+
+
+class CircuitBreakerConfig(Strict):
+    failure_threshold: int = Field(5, ge=1)
+    cooldown_s: float = Field(30.0, ge=0)
+
+
+class Target(Strict):
+    provider: str
+    model: str
+    timeout_s: float | None = Field(None, gt=0)
+    connect_timeout_s: float | None = Field(None, gt=0)
+    ttft_timeout_s: float | None = Field(None, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelAlias(Strict):
+    targets: list[Target] = Field(min_length=1)
+    retries: int = Field(2, ge=0, le=10)
+    timeout_s: float = Field(60.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    ttft_timeout_s: float | None = Field(None, gt=0)
+    max_retry_after_s: float = Field(30.0, ge=0)
+    backoff: Backoff = Backoff()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    fallback_response: str | None = None
+    description: str | None = None
+
+
+class PriceEntry(Strict):
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0)
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(4000, ge=0, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    trace_header: str = "x-shipyard-trace-id"
+
+
+class RecordingConfig(Strict):
+    enabled: bool = True
+    queue_size: int = Field(10_000, ge=1)
+    batch_size: int = Field(500, ge=1)
+    flush_interval_s: float = Field(0.2, gt=0)
+    capture_bodies: bool = True
+    redact_keys: list[str] = Field(default_factory=list)
+    redact_patterns: list[str] = Field(default_factory=list)
+    max_payload_bytes: int = Field(64 * 1024, ge=256)
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _compile(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {p!r}: {exc}") from None
+        return v
+
+
+class Config(Strict):
+    store: str = "sqlite:///shipyard.db"
+    server: ServerConfig = ServerConfig()
+    recording: RecordingConfig = RecordingConfig()
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    models: dict[str, ModelAlias] = Field(default_factory=dict)
+    prices: dict[str, PriceEntry] = Field(default_factory=dict)
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        if not v.startswith("sqlite://") and v not in (":memory:", "none"):
+            raise ValueError("must be a sqlite:///path URL, ':memory:' or 'none'")
+        return v
+
+    @model_validator(mode="after")
+    def _targets_name_providers(self) -> "Config":
+        for alias, m in self.models.items():
+            for i, t in enumerate(m.targets):
+                if t.provider not in self.providers:
+                    known = ", ".join(sorted(self.providers)) or "none"
+                    raise ValueError(
+                        f"models.{alias}.targets[{i}].provider: unknown provider "
+                        f"{t.provider!r} (configured: {known})"
+                    )
+        return self
+
+    def config_hash(self) -> str:
+        """A short stable hash of the effective config, with secrets left out."""
+        data = self.model_dump(mode="json")
+        for p in data.get("providers", {}).values():
+            p.pop("api_key", None)
+        return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in exc.errors():
+        where = _loc(tuple(e["loc"]))
+        if prefix:
+            where = f"{prefix}.{where}" if where else prefix
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key")
+        elif e["type"] == "missing":
+            lines.append(f"{where}: required key is missing")
+        else:
+            msg = e["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            lines.append(f"{where}: {msg}" if where else msg)
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def interpolate_env(data: Any, path: str = "", env: dict[str, str] | None = None) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    env = os.environ if env is None else env
+    if isinstance(data, dict):
+        return {k: interpolate_env(v, f"{path}.{k}" if path else str(k), env) for k, v in data.items()}
+    if isinstance(data, list):
+        return [interpolate_env(v, f"{path}[{i}]", env) for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is not set (needed by {path or 'config'})")
+
+        return _ENV_RE.sub(sub, data)
+    return data
+
+
+def default_config() -> dict[str, Any]:
+    """The embedded default: a SQLite store here and Gemma 3 270M in-process."""
+    return {
+        "store": "sqlite:///shipyard.db",
+        "providers": {"local": {"type": "llama_cpp"}},
+        "models": {
+            "local": {
+                "targets": [{"provider": "local", "model": "gemma-3-270m-q4_k_m"}],
+                "retries": 0,
+                "timeout_s": 300,
+                "description": "Gemma 3 270M (Q4_K_M) run in-process through llama.cpp",
+            }
+        },
+    }
+
+
+def load_config(source: str | Path | dict[str, Any] | Config | None = None) -> Config:
+    """Load and validate config from a path, a dict, or the embedded default (None)."""
+    if isinstance(source, Config):
+        return source
+    if source is None:
+        data: Any = default_config()
+    elif isinstance(source, dict):
+        data = source
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("invalid configuration: the top level must be a mapping")
+    data = interpolate_env(data)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    from .providers.registry import validate_provider_options
+
+    for name, block in cfg.providers.items():
+        validate_provider_options(name, block)
+    return cfg
+

@@ -1,0 +1,322 @@
+"""The engine shared by the server and the library: resolve an alias, call its targets
+through the router, account tokens and cost, and record one span per call.
+
+Everything here works on canonical dicts; the server adds HTTP, the library adds
+OpenAI SDK objects and a sync wrapper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator
+
+from .config import Config, load_config
+from .errors import GatewayError, NotFound, UpstreamError
+from .pricing import cost_usd
+from .providers.base import Provider
+from .providers.registry import build_provider
+from .routing.breaker import CircuitBreaker
+from .routing.router import AllTargetsFailed, Attempt, ResolvedTarget, Router
+from .store import open_store
+from .streaming import StreamAccumulator
+from .tracing.recorder import Recorder
+from .tracing.span import Span, new_span_id, new_trace_id
+from .types import ChatRequest, new_completion_id, now, usage_of
+
+log = logging.getLogger("shipyard")
+
+
+class MidStreamError(GatewayError):
+    """The upstream failed after the first chunk was sent: the stream ends with an error event."""
+
+    status = 502
+    type = "api_error"
+
+
+class Engine:
+    def __init__(self, config: Any = None, *, store: Any = "config") -> None:
+        self.config: Config = load_config(config)
+        self.config_hash = self.config.config_hash()
+        self.providers: dict[str, Provider] = {
+            name: build_provider(name, block) for name, block in self.config.providers.items()
+        }
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.routers: dict[str, Router] = {
+            alias: Router(alias, cfg, self.providers, self.breakers)
+            for alias, cfg in self.config.models.items()
+        }
+        self.store = open_store(self.config.store) if store == "config" else store
+        self.recorder = Recorder(self.store, self.config.recording)
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            self.recorder.start()
+            await asyncio.gather(*(p.start() for p in self.providers.values()))
+            self._started = True
+
+    async def close(self) -> None:
+        for p in self.providers.values():
+            try:
+                await p.close()
+            except Exception:  # pragma: no cover - best effort on shutdown
+                log.exception("closing provider %s failed", p.name)
+        self.recorder.close()
+        if self.store is not None:
+            self.store.close()
+        self._started = False
+
+    def ready(self) -> dict[str, Any]:
+        providers = {name: p.ready() for name, p in self.providers.items()}
+        store_ok = self.store.ping() if self.store is not None else True
+        return {
+            "ready": self._started and store_ok and all(providers.values()),
+            "providers": providers,
+            "store": store_ok,
+        }
+
+    # ---- helpers -------------------------------------------------------------------
+    def router_for(self, model: str) -> Router:
+        router = self.routers.get(model)
+        if router is None:
+            available = ", ".join(sorted(self.routers)) or "none configured"
+            raise NotFound(
+                f"The model '{model}' does not exist. Available models: {available}.",
+                param="model",
+                code="model_not_found",
+            )
+        return router
+
+    def new_span(
+        self,
+        kind: str,
+        name: str,
+        *,
+        trace_id: str | None = None,
+        parent_id: str | None = None,
+        user: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Span:
+        span = Span(
+            trace_id=trace_id or new_trace_id(),
+            span_id=new_span_id(),
+            name=name,
+            kind=kind,
+            parent_id=parent_id,
+            user_id=user,
+        )
+        attrs: dict[str, Any] = {"config_hash": self.config_hash}
+        if metadata:
+            attrs["metadata"] = metadata
+            sid = metadata.get("session_id")
+            if isinstance(sid, str):
+                span.session_id = sid
+        span.attributes = attrs
+        return span
+
+    def _finish(self, span: Span, target: ResolvedTarget | None, resp: dict[str, Any] | None,
+                attempts: list[Attempt]) -> None:
+        span.end_time = time.time()
+        span.attributes["attempts"] = [a.to_dict() for a in attempts]
+        span.attributes["fallbacks"] = max(0, len({(a.provider, a.model) for a in attempts}) - 1)
+        if target is not None:
+            span.provider = target.provider.name
+            span.model = target.model
+        if resp is not None:
+            span.response_model = resp.get("model") or span.model
+            span.completion_id = resp.get("id")
+            i, o, c = usage_of(resp)
+            span.input_tokens, span.output_tokens, span.cached_tokens = i, o, c
+            span.cost_usd = cost_usd(self.config.prices, span.response_model, i, o, c,
+                                     fallback_model=span.model)
+        self.recorder.record(span)
+
+    def _fail(self, span: Span, exc: BaseException, attempts: list[Attempt],
+              target: ResolvedTarget | None = None) -> None:
+        span.status = "error"
+        if isinstance(exc, GatewayError):
+            span.error = exc.message
+            span.attributes["http_status"] = exc.status
+        elif isinstance(exc, asyncio.CancelledError):
+            span.error = "client disconnected; upstream call cancelled"
+            span.attributes["http_status"] = 499
+        else:
+            span.error = f"internal error: {type(exc).__name__}"
+            span.attributes["http_status"] = 500
+        self._finish(span, target, None, attempts)
+
+    @staticmethod
+    def _degrade(span: Span, exc: GatewayError) -> None:
+        """Every target failed and the alias's fallback_response is served instead."""
+        span.status = "error"
+        span.error = exc.message + " (served the alias's fallback_response)"
+        span.attributes["fallback_response"] = True
+
+    def _fallback_completion(self, router: Router, req: ChatRequest) -> dict[str, Any]:
+        text = router.cfg.fallback_response or ""
+        return {
+            "id": new_completion_id(),
+            "object": "chat.completion",
+            "created": now(),
+            "model": f"{router.alias}:fallback_response",
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                 "logprobs": None, "finish_reason": "stop"}
+                for i in range(req.n)
+            ],
+            "usage": None,
+        }
+
+    @staticmethod
+    def _body(req: ChatRequest, target: ResolvedTarget) -> dict[str, Any]:
+        body = req.for_target(target.model)
+        if target.params:
+            body = {**target.params, **body}
+        return body
+
+    # ---- chat ----------------------------------------------------------------------
+    async def complete(self, req: ChatRequest, span: Span) -> dict[str, Any]:
+        """A non-streaming chat completion; records ``span``."""
+        router = self.router_for(req.model)
+        span.alias = router.alias
+        span.input = req.body
+        attempts: list[Attempt] = []
+
+        async def op(target: ResolvedTarget) -> dict[str, Any]:
+            return await target.provider.chat(self._body(req, target), target.timeouts)
+
+        try:
+            resp, target = await router.execute(op, attempts)
+        except AllTargetsFailed as exc:
+            if router.cfg.fallback_response is None:
+                self._fail(span, exc, attempts)
+                raise
+            resp = self._fallback_completion(router, req)
+            self._degrade(span, exc)
+            span.output = resp
+            self._finish(span, None, resp, attempts)
+            return resp
+        except BaseException as exc:
+            self._fail(span, exc, attempts)
+            raise
+        span.output = resp
+        self._finish(span, target, resp, attempts)
+        return resp
+
+    async def open_stream(self, req: ChatRequest, span: Span) -> AsyncIterator[dict[str, Any]]:
+        """Start a streaming completion. Failures before the first chunk raise here
+        (after falling over); the returned iterator relays the rest and records ``span``."""
+        router = self.router_for(req.model)
+        span.alias = router.alias
+        span.input = req.body
+        span.attributes["stream"] = True
+        attempts: list[Attempt] = []
+
+        async def op(target: ResolvedTarget) -> tuple[Any, dict[str, Any]]:
+            body = self._body(req, target)
+            body["stream"] = True
+            # always ask for usage upstream so cost is known; strip it if the client didn't ask
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            agen = target.provider.stream(body, target.timeouts)
+            try:
+                first = await agen.__anext__()
+            except StopAsyncIteration:
+                raise UpstreamError(f"{target.label}: stream ended before any chunk",
+                                    retryable=True, kind="truncated") from None
+            except BaseException:
+                await agen.aclose()
+                raise
+            return agen, first
+
+        try:
+            (agen, first), target = await router.execute(op, attempts)
+        except AllTargetsFailed as exc:
+            if router.cfg.fallback_response is None:
+                self._fail(span, exc, attempts)
+                raise
+            self._degrade(span, exc)
+            return self._fallback_stream(router, req, span, attempts)
+        except BaseException as exc:
+            self._fail(span, exc, attempts)
+            raise
+        span.ttft_ms = round((time.time() - span.start_time) * 1000, 3)
+        return self._relay(agen, first, req, span, target, attempts)
+
+    async def _relay(self, agen: Any, first: dict[str, Any], req: ChatRequest, span: Span,
+                     target: ResolvedTarget, attempts: list[Attempt]) -> AsyncIterator[dict[str, Any]]:
+        acc = StreamAccumulator()
+        want_usage = req.include_usage
+        chunk: dict[str, Any] | None = first
+        try:
+            while chunk is not None:
+                acc.add(chunk)
+                if chunk.get("usage") and not want_usage:
+                    if chunk.get("choices"):
+                        yield {k: v for k, v in chunk.items() if k != "usage"}
+                else:
+                    yield chunk
+                try:
+                    chunk = await agen.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+        except UpstreamError as exc:
+            span.output = acc.response()
+            err = MidStreamError(
+                f"{exc.message} (after {sum(len(c['content']) for c in acc.choices.values())} chunks; "
+                "the stream is incomplete)",
+                code="upstream_stream_error",
+            )
+            self._fail(span, err, attempts, target)
+            raise err from None
+        except BaseException as exc:  # client went away (CancelledError/GeneratorExit)
+            await agen.aclose()
+            span.output = acc.response()
+            self._fail(span, exc if isinstance(exc, Exception) else asyncio.CancelledError(), attempts, target)
+            raise
+        resp = acc.response()
+        span.output = resp
+        self._finish(span, target, resp, attempts)
+
+    async def _fallback_stream(self, router: Router, req: ChatRequest, span: Span,
+                               attempts: list[Attempt]) -> AsyncIterator[dict[str, Any]]:
+        resp = self._fallback_completion(router, req)
+        base = {"id": resp["id"], "object": "chat.completion.chunk", "created": resp["created"],
+                "model": resp["model"]}
+        for c in resp["choices"]:
+            i = c["index"]
+            yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": c["message"]["content"]},
+                                        "finish_reason": None}]}
+            yield {**base, "choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]}
+        span.output = resp
+        self._finish(span, None, resp, attempts)
+
+    # ---- embeddings ----------------------------------------------------------------
+    async def embed(self, model: str, body: dict[str, Any], span: Span) -> dict[str, Any]:
+        router = self.router_for(model)
+        span.alias = router.alias
+        span.input = body
+        attempts: list[Attempt] = []
+
+        async def op(target: ResolvedTarget) -> dict[str, Any]:
+            return await target.provider.embeddings({**body, "model": target.model}, target.timeouts)
+
+        try:
+            resp, target = await router.execute(op, attempts)
+        except BaseException as exc:
+            self._fail(span, exc, attempts)
+            raise
+        span.output = {"object": "list", "count": len(resp.get("data") or []), "model": resp.get("model")}
+        usage = resp.get("usage") or {}
+        i = usage.get("prompt_tokens")
+        self._finish(span, target, {"model": resp.get("model"), "usage": {"prompt_tokens": i, "completion_tokens": 0 if i is not None else None}}, attempts)
+        return resp

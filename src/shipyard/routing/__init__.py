@@ -1,0 +1,1 @@
+"""Targets, fallback chains, retries and circuit breakers."""

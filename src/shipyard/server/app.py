@@ -1,0 +1,176 @@
+"""The ASGI app: OpenAI routes, health and readiness, on top of the shared engine."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, AsyncIterator
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ..engine import Engine
+from ..errors import GatewayError, InvalidRequest, PayloadTooLarge
+from ..tracing.context import parse_traceparent
+from ..types import parse_chat_request, parse_embeddings_request
+
+log = logging.getLogger("shipyard.server")
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, headers=headers, media_type="application/json")
+
+
+def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    return json_response(exc.to_dict(), exc.status, {**exc.headers, **(headers or {})})
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON, refusing bodies over ``limit`` bytes (413) and bad JSON (400)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"Request body is {length} bytes; the limit is {limit} bytes.",
+                              code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.", code="request_too_large")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_body")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def create_app(engine: Engine) -> Starlette:
+    cfg = engine.config.server
+    trace_header = cfg.trace_header
+    limit = cfg.max_body_bytes
+
+    def start_span(request: Request, kind: str, name: str, user: str | None, metadata: dict[str, Any]):
+        parent = parse_traceparent(request.headers.get("traceparent"))
+        trace_id, parent_id = parent if parent else (None, None)
+        return engine.new_span(kind, name, trace_id=trace_id, parent_id=parent_id, user=user, metadata=metadata)
+
+    async def chat_completions(request: Request) -> Response:
+        try:
+            req = parse_chat_request(await read_json(request, limit))
+        except GatewayError as exc:
+            return error_response(exc)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        span = start_span(request, "llm", "chat " + req.model, req.user, req.metadata)
+        headers = {trace_header: span.trace_id}
+        try:
+            if not req.stream:
+                return json_response(await engine.complete(req, span), headers=headers)
+            chunks = await engine.open_stream(req, span)
+        except GatewayError as exc:
+            return error_response(exc, headers)
+        if span.attributes.get("fallback_response"):
+            headers["x-shipyard-fallback"] = "true"
+        return StreamingResponse(sse(chunks), media_type="text/event-stream",
+                                 headers={**headers, "cache-control": "no-cache"})
+
+    async def embeddings(request: Request) -> Response:
+        try:
+            model, _inputs, body = parse_embeddings_request(await read_json(request, limit))
+        except GatewayError as exc:
+            return error_response(exc)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        user = body.get("user") if isinstance(body.get("user"), str) else None
+        span = start_span(request, "embedding", "embeddings " + model, user, {})
+        headers = {trace_header: span.trace_id}
+        try:
+            return json_response(await engine.embed(model, body, span), headers=headers)
+        except GatewayError as exc:
+            return error_response(exc, headers)
+
+    async def models(request: Request) -> Response:
+        data = [
+            {"id": alias, "object": "model", "created": 0, "owned_by": "shipyard",
+             "description": r.cfg.description}
+            for alias, r in sorted(engine.routers.items())
+        ]
+        return json_response({"object": "list", "data": data})
+
+    async def model_detail(request: Request) -> Response:
+        alias = request.path_params["model"]
+        try:
+            r = engine.router_for(alias)
+        except GatewayError as exc:
+            return error_response(exc)
+        return json_response({"id": alias, "object": "model", "created": 0, "owned_by": "shipyard",
+                              "description": r.cfg.description})
+
+    async def health(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        state = engine.ready()
+        state["recorder"] = engine.recorder.stats()
+        return json_response(state, 200 if state["ready"] else 503)
+
+    async def not_found(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 405:
+            err = GatewayError(f"Method {request.method} is not allowed on {request.url.path}.",
+                               status=405, type="invalid_request_error", code="method_not_allowed")
+        elif exc.status_code == 404:
+            err = GatewayError(f"Unknown path {request.url.path}.", status=404,
+                               type="invalid_request_error", code="unknown_url")
+        else:
+            err = GatewayError(str(exc.detail), status=exc.status_code, type="invalid_request_error")
+        return error_response(err)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(GatewayError("Internal error in the gateway; it has been logged.",
+                                           status=500, code="internal_error"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await engine.start()
+        try:
+            yield
+        finally:
+            await engine.close()
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model_detail, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: not_found, Exception: internal_error},
+    )
+    app.state.engine = engine
+    return app
+
+
+async def sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """Server-sent events for a chat stream; a mid-stream failure ends with an error event."""
+    try:
+        async for chunk in chunks:
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    except GatewayError as exc:
+        yield b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n"
+        return
+    yield SSE_DONE

@@ -1,0 +1,65 @@
+"""The store interface shared by every backend."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..tracing.span import Span
+
+DEFAULT_WINDOW_S = 7 * 24 * 3600
+MAX_PAGE = 500
+
+
+@dataclass(slots=True)
+class TraceFilter:
+    """A bounded trace query. Without a time range the last 7 days are searched."""
+
+    start: float | None = None
+    end: float | None = None
+    alias: str | None = None
+    model: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    status: str | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+    def window(self) -> tuple[float, float]:
+        end = self.end if self.end is not None else time.time() + 60
+        start = self.start if self.start is not None else end - DEFAULT_WINDOW_S
+        return start, end
+
+    def page_size(self) -> int:
+        return max(1, min(self.limit, MAX_PAGE))
+
+
+def encode_cursor(start_time: float, trace_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{start_time!r}|{trace_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    from ..errors import InvalidRequest
+
+    try:
+        ts, trace_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return float(ts), trace_id
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("Invalid value for 'cursor': not a cursor from this API", param="cursor") from None
+
+
+class Store(Protocol):
+    def migrate(self) -> None: ...
+
+    def write_spans(self, spans: list[Span], dump: Any) -> None:
+        """Insert spans (immutable: a repeated span id is ignored) and update trace rows."""
+
+    def list_traces(self, f: TraceFilter) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    def get_trace(self, trace_id: str) -> dict[str, Any] | None: ...
+
+    def ping(self) -> bool: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Span model, context propagation and the off-request-path recorder."""
