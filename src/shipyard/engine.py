@@ -260,11 +260,10 @@ class Engine:
         try:
             while chunk is not None:
                 acc.add(chunk)
-                if chunk.get("usage") and not want_usage:
-                    if chunk.get("choices"):
-                        yield {k: v for k, v in chunk.items() if k != "usage"}
-                else:
+                if want_usage or "usage" not in chunk:
                     yield chunk
+                elif chunk.get("choices") or not chunk.get("usage"):
+                    yield {k: v for k, v in chunk.items() if k != "usage"}
                 try:
                     chunk = await agen.__anext__()
                 except StopAsyncIteration:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, TypeVar
 
 import orjson
 from starlette.applications import Starlette
@@ -21,6 +22,7 @@ from ..types import parse_chat_request, parse_embeddings_request
 log = logging.getLogger("shipyard.server")
 
 SSE_DONE = b"data: [DONE]\n\n"
+T = TypeVar("T")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -73,8 +75,13 @@ def create_app(engine: Engine) -> Starlette:
         headers = {trace_header: span.trace_id}
         try:
             if not req.stream:
-                return json_response(await engine.complete(req, span), headers=headers)
-            chunks = await engine.open_stream(req, span)
+                resp = await until_disconnect(request, engine.complete(req, span))
+                if resp is None:
+                    return Response(status_code=499)
+                return json_response(resp, headers=headers)
+            chunks = await until_disconnect(request, engine.open_stream(req, span))
+            if chunks is None:
+                return Response(status_code=499)
         except GatewayError as exc:
             return error_response(exc, headers)
         if span.attributes.get("fallback_response"):
@@ -93,7 +100,10 @@ def create_app(engine: Engine) -> Starlette:
         span = start_span(request, "embedding", "embeddings " + model, user, {})
         headers = {trace_header: span.trace_id}
         try:
-            return json_response(await engine.embed(model, body, span), headers=headers)
+            resp = await until_disconnect(request, engine.embed(model, body, span))
+            if resp is None:
+                return Response(status_code=499)
+            return json_response(resp, headers=headers)
         except GatewayError as exc:
             return error_response(exc, headers)
 
@@ -163,6 +173,32 @@ def create_app(engine: Engine) -> Starlette:
     )
     app.state.engine = engine
     return app
+
+
+async def until_disconnect(request: Request, coro: Awaitable[T]) -> T | None:
+    """Await ``coro``; if the client hangs up first, cancel it (and the upstream call) and
+    return None. The request body must already have been read."""
+    task = asyncio.current_task()
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                task.cancel()
+                return
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            return None
+        raise
+    finally:
+        watcher.cancel()
 
 
 async def sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
