@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from .config import Config, load_config
 from .errors import GatewayError, NotFound, UpstreamError
@@ -49,6 +49,8 @@ class Engine:
         }
         self.store = open_store(self.config.store) if store == "config" else store
         self.recorder = Recorder(self.store, self.config.recording)
+        # called with each finished span on the request path (metrics); must be cheap
+        self.span_listeners: list[Callable[[Span], None]] = []
         self._started = False
         self._start_lock: asyncio.Lock | None = None
 
@@ -139,6 +141,8 @@ class Engine:
             span.input_tokens, span.output_tokens, span.cached_tokens = i, o, c
             span.cost_usd = cost_usd(self.config.prices, span.response_model, i, o, c,
                                      fallback_model=span.model)
+        for listener in self.span_listeners:
+            listener(span)
         self.recorder.record(span)
 
     def _fail(self, span: Span, exc: BaseException, attempts: list[Attempt],
