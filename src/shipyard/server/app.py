@@ -166,6 +166,9 @@ def create_app(engine: Engine) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]
+    from .features import feature_routes
+
+    routes += feature_routes(engine)
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -24,6 +24,11 @@ class TraceFilter:
     user_id: str | None = None
     session_id: str | None = None
     status: str | None = None
+    min_cost: float | None = None
+    max_cost: float | None = None
+    min_latency_ms: float | None = None
+    max_latency_ms: float | None = None
+    q: str | None = None  # free text over span inputs and outputs
     limit: int = 50
     cursor: str | None = None
 
@@ -59,6 +64,12 @@ class Store(Protocol):
     def list_traces(self, f: TraceFilter) -> tuple[list[dict[str, Any]], str | None]: ...
 
     def get_trace(self, trace_id: str) -> dict[str, Any] | None: ...
+
+    def find_span_by_completion(self, completion_id: str) -> dict[str, Any] | None: ...
+
+    def dashboard(self, start: float, end: float, bucket_s: int) -> list[dict[str, Any]]:
+        """Per time bucket and model: bucket_start, model, requests, errors, p50_ms, p95_ms,
+        cost_usd, input_tokens, output_tokens (llm spans only)."""
 
     def ping(self) -> bool: ...
 
