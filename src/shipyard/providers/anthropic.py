@@ -63,14 +63,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable
 
-import aiohttp
 import orjson
 from pydantic import Field, SecretStr
 
-from ..errors import UpstreamError, parse_retry_after
+from ..errors import UpstreamError
 from ..types import new_completion_id, now
-from .base import CallTimeouts, Provider, ProviderOptions
-from .http import HttpClient, connection_error, read_sse
+from .base import CallTimeouts, ProviderOptions
+from .http import HttpClient, HttpProvider, loads_event, malformed, read_sse
 
 
 class AnthropicOptions(ProviderOptions):
@@ -701,7 +700,7 @@ class _StreamState:
 # --------------------------------------------------------------------------- provider
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HttpProvider):
     type = "anthropic"
     Options = AnthropicOptions
     options: AnthropicOptions
@@ -715,47 +714,18 @@ class AnthropicProvider(Provider):
             headers["x-api-key"] = options.api_key.get_secret_value()
         self._http = HttpClient(headers, options.max_connections)
 
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    def _http_error(self, status: int, raw: bytes, headers: Any) -> UpstreamError:
-        return UpstreamError.from_status(
-            status,
-            f"{self.name}: HTTP {status}: {_error_message(raw)}",
-            retry_after=parse_retry_after(headers.get("retry-after")),
-        )
+    def error_message(self, raw: bytes) -> str:
+        return _error_message(raw)
 
     async def _post(self, payload: dict[str, Any], t: CallTimeouts) -> dict[str, Any]:
-        try:
-            async with self._http.post(self._url, payload, t) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise self._http_error(resp.status, raw, resp.headers)
-        except asyncio.TimeoutError:
-            raise UpstreamError(
-                f"{self.name}: timed out after {t.total:g}s", retryable=True, kind="timeout"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self.name, exc) from None
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"{self.name}: malformed JSON in the response", retryable=True, kind="malformed"
-            ) from None
-        if not isinstance(data, dict):
-            raise UpstreamError(f"{self.name}: response is not a JSON object", retryable=True, kind="malformed")
+        data = await self.post_json(self._url, payload, t)
         if data.get("type") == "error":
+            raw = orjson.dumps(data)
             raise UpstreamError(
                 f"{self.name}: error response: {_error_message(raw)}", retryable=True, kind="upstream_error"
             )
         if not isinstance(data.get("content"), list):
-            raise UpstreamError(
-                f"{self.name}: response has no 'content' array", retryable=True, kind="malformed"
-            )
+            raise malformed(self.name, "response has no 'content' array")
         return data
 
     async def chat(self, body: dict[str, Any], timeouts: CallTimeouts) -> dict[str, Any]:
@@ -783,32 +753,12 @@ class AnthropicProvider(Provider):
             model=body.get("model"),
             include_usage=bool(isinstance(so, dict) and so.get("include_usage")),
         )
+        resp = await self.open_stream(self._url, payload, timeouts)
         try:
-            resp = await self._http.open(self._url, payload, timeouts)
-        except asyncio.TimeoutError:
-            raise UpstreamError(
-                f"{self.name}: timed out after {timeouts.total:g}s", retryable=True, kind="timeout"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self.name, exc) from None
-        try:
-            if resp.status >= 400:
-                try:
-                    raw = await resp.read()
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    raw = b""
-                raise self._http_error(resp.status, raw, resp.headers)
             async for event, data in read_sse(resp, self.name, timeouts):
-                try:
-                    ev = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError(
-                        f"{self.name}: malformed JSON in a stream event", retryable=True, kind="malformed"
-                    ) from None
+                ev = loads_event(self.name, data)
                 if not isinstance(ev, dict):
-                    raise UpstreamError(
-                        f"{self.name}: stream event is not a JSON object", retryable=True, kind="malformed"
-                    )
+                    raise malformed(self.name, "stream event is not a JSON object")
                 if "type" not in ev and event:
                     ev["type"] = event
                 for chunk in state.feed(self.name, ev):

@@ -8,8 +8,8 @@ from typing import Any, AsyncIterator
 import aiohttp
 import orjson
 
-from ..errors import UpstreamError
-from .base import CallTimeouts
+from ..errors import UpstreamError, parse_retry_after
+from .base import CallTimeouts, Provider
 
 
 def connection_error(name: str, exc: BaseException) -> UpstreamError:
@@ -81,11 +81,7 @@ async def read_sse(
     """
     ctype = resp.headers.get("content-type", "")
     if "text/event-stream" not in ctype:
-        raise UpstreamError(
-            f"{name}: expected an event stream, got content-type {ctype or 'none'}",
-            retryable=True,
-            kind="malformed",
-        )
+        raise malformed(name, f"expected an event stream, got content-type {ctype or 'none'}")
     event: str | None = None
     data: list[bytes] = []
     first = True
@@ -119,6 +115,85 @@ async def read_sse(
                 event = line[6:].strip().decode()
             # comments (":...") and other fields (id, retry) are ignored
     except asyncio.TimeoutError:
-        raise UpstreamError(f"{name}: timed out after {t.total:g}s", retryable=True, kind="timeout") from None
+        raise timeout_error(name, t) from None
     except aiohttp.ClientError as exc:
         raise connection_error(name, exc) from None
+
+
+def timeout_error(name: str, t: CallTimeouts) -> UpstreamError:
+    return UpstreamError(f"{name}: timed out after {t.total:g}s", retryable=True, kind="timeout")
+
+
+def malformed(name: str, what: str) -> UpstreamError:
+    return UpstreamError(f"{name}: {what}", retryable=True, kind="malformed")
+
+
+def loads_event(name: str, data: bytes) -> Any:
+    """One stream event's JSON payload; malformed JSON is a retryable upstream error."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise malformed(name, "malformed JSON in a stream event") from None
+
+
+class HttpProvider(Provider):
+    """A provider that talks HTTP+JSON: pooled session, error mapping, stream opening.
+
+    Subclasses set ``self._http`` in ``__init__`` and may override ``error_message``.
+    """
+
+    _http: HttpClient
+
+    async def start(self) -> None:
+        await self._http.start()
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    def error_message(self, raw: bytes) -> str:
+        """The human part of an error body (override per wire format)."""
+        return raw[:200].decode("utf-8", "replace").strip() or "no body"
+
+    def http_error(self, status: int, raw: bytes, headers: Any) -> UpstreamError:
+        return UpstreamError.from_status(
+            status,
+            f"{self.name}: HTTP {status}: {self.error_message(raw)}",
+            retry_after=parse_retry_after(headers.get("retry-after")),
+        )
+
+    async def post_json(self, url: str, body: dict[str, Any], t: CallTimeouts) -> dict[str, Any]:
+        """POST and return the JSON object answered; every failure is an UpstreamError."""
+        try:
+            async with self._http.post(url, body, t) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise self.http_error(resp.status, raw, resp.headers)
+        except asyncio.TimeoutError:
+            raise timeout_error(self.name, t) from None
+        except aiohttp.ClientError as exc:
+            raise connection_error(self.name, exc) from None
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise malformed(self.name, "malformed JSON in the response") from None
+        if not isinstance(data, dict):
+            raise malformed(self.name, "response is not a JSON object")
+        return data
+
+    async def open_stream(self, url: str, body: dict[str, Any], t: CallTimeouts) -> aiohttp.ClientResponse:
+        """POST a streaming request; return the response once a 2xx status arrived."""
+        try:
+            resp = await self._http.open(url, body, t)
+        except asyncio.TimeoutError:
+            raise timeout_error(self.name, t) from None
+        except aiohttp.ClientError as exc:
+            raise connection_error(self.name, exc) from None
+        if resp.status >= 400:
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                raw = b""
+            finally:
+                resp.close()
+            raise self.http_error(resp.status, raw, resp.headers)
+        return resp

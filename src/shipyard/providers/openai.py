@@ -7,16 +7,14 @@ whether a retry or another target might help.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, AsyncIterator, Literal
 
-import aiohttp
 import orjson
 from pydantic import Field, SecretStr
 
-from ..errors import UpstreamError, parse_retry_after
-from .base import CallTimeouts, Provider, ProviderOptions
-from .http import HttpClient, connection_error, read_sse
+from ..errors import UpstreamError
+from .base import CallTimeouts, ProviderOptions
+from .http import HttpClient, HttpProvider, loads_event, malformed, read_sse
 
 
 class OpenAIOptions(ProviderOptions):
@@ -45,7 +43,7 @@ def _error_message(raw: bytes) -> str:
     return "unrecognised error body"
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(HttpProvider):
     type = "openai"
     Options = OpenAIOptions
     options: OpenAIOptions
@@ -66,84 +64,33 @@ class OpenAIProvider(Provider):
             headers["openai-organization"] = options.organization
         self._http = HttpClient(headers, options.max_connections)
 
-    async def start(self) -> None:
-        await self._http.start()
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    def _http_error(self, status: int, raw: bytes, headers: Any) -> UpstreamError:
-        return UpstreamError.from_status(
-            status,
-            f"{self.name}: HTTP {status}: {_error_message(raw)}",
-            retry_after=parse_retry_after(headers.get("retry-after")),
-        )
-
-    async def _post_json(self, url: str, body: dict[str, Any], t: CallTimeouts) -> dict[str, Any]:
-        try:
-            async with self._http.post(url, body, t) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise self._http_error(resp.status, raw, resp.headers)
-        except asyncio.TimeoutError:
-            raise UpstreamError(
-                f"{self.name}: timed out after {t.total:g}s", retryable=True, kind="timeout"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self.name, exc) from None
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(
-                f"{self.name}: malformed JSON in the response", retryable=True, kind="malformed"
-            ) from None
-        if not isinstance(data, dict):
-            raise UpstreamError(f"{self.name}: response is not a JSON object", retryable=True, kind="malformed")
-        return data
+    def error_message(self, raw: bytes) -> str:
+        return _error_message(raw)
 
     async def chat(self, body: dict[str, Any], timeouts: CallTimeouts) -> dict[str, Any]:
-        data = await self._post_json(self._chat_url, body, timeouts)
+        data = await self.post_json(self._chat_url, body, timeouts)
         if not isinstance(data.get("choices"), list):
-            raise UpstreamError(
-                f"{self.name}: response has no 'choices' array", retryable=True, kind="malformed"
-            )
+            raise malformed(self.name, "response has no 'choices' array")
         return data
 
     async def embeddings(self, body: dict[str, Any], timeouts: CallTimeouts) -> dict[str, Any]:
-        data = await self._post_json(self._embed_url, body, timeouts)
+        data = await self.post_json(self._embed_url, body, timeouts)
         if not isinstance(data.get("data"), list):
-            raise UpstreamError(f"{self.name}: response has no 'data' array", retryable=True, kind="malformed")
+            raise malformed(self.name, "response has no 'data' array")
         return data
 
     async def stream(self, body: dict[str, Any], timeouts: CallTimeouts) -> AsyncIterator[dict[str, Any]]:
-        body = {**body, "stream": True}
+        resp = await self.open_stream(self._chat_url, {**body, "stream": True}, timeouts)
         try:
-            resp = await self._http.open(self._chat_url, body, timeouts)
-        except asyncio.TimeoutError:
-            raise UpstreamError(
-                f"{self.name}: timed out after {timeouts.total:g}s", retryable=True, kind="timeout"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(self.name, exc) from None
-        try:
-            if resp.status >= 400:
-                raise self._http_error(resp.status, await resp.read(), resp.headers)
             async for _event, data in read_sse(resp, self.name, timeouts):
                 if data == b"[DONE]":
                     return
-                try:
-                    chunk = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError(
-                        f"{self.name}: malformed JSON in a stream event", retryable=True, kind="malformed"
-                    ) from None
+                chunk = loads_event(self.name, data)
                 if isinstance(chunk, dict) and chunk.get("error"):
                     err = chunk["error"]
                     msg = err.get("message") if isinstance(err, dict) else str(err)
                     raise UpstreamError(f"{self.name}: error event in stream: {msg}", retryable=True, kind="stream_error")
                 yield chunk
-            raise UpstreamError(
-                f"{self.name}: stream ended before [DONE]", retryable=True, kind="truncated"
-            )
+            raise UpstreamError(f"{self.name}: stream ended before [DONE]", retryable=True, kind="truncated")
         finally:
             resp.close()
