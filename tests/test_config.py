@@ -165,7 +165,7 @@ def test_minimal_config_is_valid(tmp_path: Path) -> None:
                      ["recording.redact_patterns", "sk-["], id="invalid-regex"),
         pytest.param(_minimal(extra_top="recording:\n  queue_sze: 5"), ["recording.queue_sze"],
                      id="unknown-recording-key"),
-        pytest.param(_minimal(extra_top="store: postgres://db"), ["store"], id="bad-store-url"),
+        pytest.param(_minimal(extra_top="store: mysql://db"), ["store"], id="bad-store-url"),
     ],
 )
 def test_invalid_config_names_the_key(tmp_path: Path, yaml_text: str, must_contain: list[str]) -> None:

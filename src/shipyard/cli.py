@@ -67,10 +67,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_url(source: str | None) -> str:
+    """The store URL of a config, reading only the ``store`` key (so reading traces does
+    not need the providers' secrets in the environment)."""
+    if source is None:
+        return load_config(None).store
+    import yaml
+
+    from .config import interpolate_env
+
+    try:
+        with open(source) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {source} is not valid YAML: {exc}") from None
+    store = data.get("store", "sqlite:///shipyard.db") if isinstance(data, dict) else None
+    if not isinstance(store, str):
+        raise ConfigError("invalid configuration: store: must be a URL string")
+    return interpolate_env(store, "store")
+
+
 def _store(args: argparse.Namespace):
     from .store import open_store
 
-    url = args.store or load_config(_config_source(args)).store
+    url = args.store or _store_url(_config_source(args))
     store = open_store(url)
     if store is None:
         raise ConfigError("no store is configured (store: none)")
@@ -191,6 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     cc = csub.add_parser("check", help="validate a config file and exit")
     with_config(cc)
     cc.set_defaults(func=cmd_config_check)
+
+    # ---- datasets and evals (shipyard/evals/cli.py): `shipyard datasets ...`, `shipyard eval ...`
+    from .evals.cli import add_commands as add_eval_commands
+
+    add_eval_commands(sub, with_config, parse_since)
+    # ---- end datasets and evals
+    # ---- releases (shipyard/releases/cli.py): `shipyard prompts|shadow|experiments|release ...`
+    from .releases.cli import add_commands as add_release_commands
+
+    add_release_commands(sub, with_config)
+    # ---- end releases
     return p
 
 

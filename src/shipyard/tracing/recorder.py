@@ -31,6 +31,8 @@ class Recorder:
         self.interval = cfg.flush_interval_s
         redactor = Redactor(cfg.redact_keys, cfg.redact_patterns, cfg.max_payload_bytes)
         self._dump: Callable[[Any], str | None] = redactor.dump if cfg.capture_bodies else (lambda v: None)
+        self._redact = redactor.redact
+        self._capture_bodies = cfg.capture_bodies
         self._q: deque[Span] = deque()
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -79,11 +81,20 @@ class Recorder:
             if self._stop and not self._q:
                 return
 
-    def _drain(self) -> None:
+    def _prepare(self, span: Span) -> None:
+        """Attributes get the same redaction as bodies; request metadata is a body."""
+        if span.attributes:
+            if not self._capture_bodies:
+                span.attributes.pop("metadata", None)
+            span.attributes = self._redact(span.attributes)
+
+    def _drain(self, deadline: float | None = None) -> None:
         backoff = 0.05
         while self._q:
             self._idle.clear()
             batch = [self._q.popleft() for _ in range(min(self.batch_size, len(self._q)))]
+            for span in batch:
+                self._prepare(span)
             try:
                 self.store.write_spans(batch, self._dump)
             except Exception as exc:  # store down: keep the batch, retry with back-off
@@ -96,6 +107,8 @@ class Recorder:
                 if self._stop and backoff > 2:
                     self.dropped += len(self._q)
                     self._q.clear()
+                    break
+                if deadline is not None and time.monotonic() + backoff > deadline:
                     break
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -113,10 +126,10 @@ class Recorder:
         """Wait until everything queued so far is written (or the timeout passes)."""
         if not self.enabled:
             return True
-        if self._thread is None:
-            self._drain()
-            return not self._q
         deadline = time.monotonic() + timeout
+        if self._thread is None:
+            self._drain(deadline)
+            return not self._q
         while time.monotonic() < deadline:
             self._wake.set()
             if not self._q and self._idle.wait(0.01) and not self._q:

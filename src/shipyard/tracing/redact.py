@@ -30,6 +30,10 @@ class Redactor:
                 value = p.sub(REDACTED, value)
         return value
 
+    def redact(self, value: Any) -> Any:
+        """The value with configured keys and patterns redacted (no size cap)."""
+        return self._walk(value) if (self.keys or self.patterns) else value
+
     def dump(self, value: Any) -> str | None:
         """JSON text of a payload: redacted, and cut to the cap with an explicit marker."""
         if value is None:
