@@ -12,13 +12,16 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .releases.config import (  # releases (docs/releases.md)
+    CascadeConfig, ExperimentConfig, IntentRouterConfig, PromptsConfig, ReleasesConfig, ShadowConfig,
+)
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -59,6 +62,29 @@ class ModelAlias(Strict):
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     fallback_response: str | None = None
     description: str | None = None
+    guards: "GuardsConfig" = Field(default_factory=lambda: GuardsConfig())
+    # releases (docs/releases.md): mirror traffic, A/B test, escalate cheap -> strong
+    shadow: ShadowConfig | None = None
+    experiment: ExperimentConfig | None = None
+    cascade: CascadeConfig | None = None
+
+
+class GuardsConfig(Strict):
+    """An alias's guards (docs/guardrails.md); each list item is a guard spec validated by
+    the guard's own options in guards/registry.py."""
+
+    input: list[str | dict[str, Any]] = Field(default_factory=list)
+    output: list[str | dict[str, Any]] = Field(default_factory=list)
+    on_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    timeout_ms: float = Field(200.0, gt=0)
+    stream: Literal["buffer", "incremental"] = "buffer"
+    stream_window_chars: int = Field(64, ge=8, le=4096)
+    request_guards: list[str] | None = None  # guard types clients may add per request; None = the safe default set
+    structured_output: Literal["reask", "flag", "off"] = "reask"
+    structured_output_attempts: int = Field(2, ge=0, le=10)
+
+
+ModelAlias.model_rebuild()
 
 
 class PriceEntry(Strict):
@@ -95,6 +121,61 @@ class RecordingConfig(Strict):
         return v
 
 
+class OtlpConfig(Strict):
+    """OpenTelemetry export over OTLP/HTTP (docs/observability.md). On when ``endpoint`` is set."""
+
+    enabled: bool = True
+    endpoint: str | None = None  # base URL; spans go to {endpoint}/v1/traces
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(10.0, gt=0)
+    capture_content: bool = True  # gen_ai.input.messages / gen_ai.output.messages
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+
+
+class DriftConfig(Strict):
+    """The scheduled drift check (docs/drift.md). On when ``reference`` is set."""
+
+    reference: str | None = None  # dataset:NAME[@VERSION][:SPLIT] or window:30d..7d
+    window: str = "1d"  # the current window: the last this long, up to each check
+    interval_s: float = Field(3600.0, gt=0)
+    thresholds: dict[str, float] = Field(default_factory=dict)  # overrides, see shipyard/drift/thresholds.py
+    webhook_url: str | None = None  # POSTed a JSON alert when a check turns to drift (and back)
+
+    @field_validator("reference", "window")
+    @classmethod
+    def _spec(cls, v: str | None, info: Any) -> str | None:
+        if v is not None:
+            from .drift.spec import parse_spec
+            from .errors import GatewayError
+
+            try:
+                parse_spec(v, param=info.field_name)
+            except GatewayError as exc:
+                raise ValueError(exc.message) from None
+        return v
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        from .drift.thresholds import resolve
+
+        resolve(v)
+        return v
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
 class Config(Strict):
     store: str = "sqlite:///shipyard.db"
     server: ServerConfig = ServerConfig()
@@ -102,12 +183,31 @@ class Config(Strict):
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     models: dict[str, ModelAlias] = Field(default_factory=dict)
     prices: dict[str, PriceEntry] = Field(default_factory=dict)
+    otlp: OtlpConfig = OtlpConfig()
+    guards: dict[str, dict[str, Any]] = Field(default_factory=dict)  # named guard specs, see docs/guardrails.md
+    # releases (docs/releases.md): prompt registry cache, pinning/admin/gate, intent routers
+    prompts: PromptsConfig = PromptsConfig()
+    releases: ReleasesConfig = ReleasesConfig()
+    routers: dict[str, IntentRouterConfig] = Field(default_factory=dict)
+    drift: DriftConfig = DriftConfig()  # scheduled drift check (docs/drift.md)
 
     @field_validator("store")
     @classmethod
     def _store_url(cls, v: str) -> str:
+        if v.startswith(("postgresql://", "postgres://")):
+            from urllib.parse import urlsplit
+
+            try:
+                parts = urlsplit(v)
+                parts.port  # noqa: B018 - raises ValueError for a bad port
+            except ValueError:
+                raise ValueError("must be a valid postgresql://user:pass@host:port/db URL") from None
+            if not parts.hostname and "host=" not in parts.query:
+                raise ValueError("a postgresql:// URL needs a host: postgresql://user:pass@host:port/db")
+            return v
         if not v.startswith("sqlite://") and v not in (":memory:", "none"):
-            raise ValueError("must be a sqlite:///path URL, ':memory:' or 'none'")
+            raise ValueError("must be a sqlite:///path URL, a postgresql://user:pass@host:port/db URL, "
+                             "':memory:' or 'none'")
         return v
 
     @model_validator(mode="after")
@@ -224,5 +324,11 @@ def load_config(source: str | Path | dict[str, Any] | Config | None = None) -> C
 
     for name, block in cfg.providers.items():
         validate_provider_options(name, block)
+    from .guards import validate_guards
+
+    validate_guards(cfg)
+    from .releases.config import validate_releases
+
+    validate_releases(cfg)
     return cfg
 

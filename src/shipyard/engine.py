@@ -21,6 +21,7 @@ from .routing.breaker import CircuitBreaker
 from .routing.router import AllTargetsFailed, Attempt, ResolvedTarget, Router
 from .store import open_store
 from .streaming import StreamAccumulator
+from .tracing.observe import current_observation
 from .tracing.recorder import Recorder
 from .tracing.span import Span, new_span_id, new_trace_id
 from .types import ChatRequest, new_completion_id, now, usage_of
@@ -51,6 +52,22 @@ class Engine:
         self.recorder = Recorder(self.store, self.config.recording)
         # called with each finished span on the request path (metrics); must be cheap
         self.span_listeners: list[Callable[[Span], None]] = []
+        # ---- guards (guards/pipeline.py): input/output checks, each recorded as a guard span
+        from .guards.pipeline import GuardManager
+
+        self.guards = GuardManager(self)
+        # ---- OTLP export (tracing/otlp_export.py): written spans -> {otlp.endpoint}/v1/traces
+        self.otlp_exporter: Any = None
+        if self.config.otlp.enabled and self.config.otlp.endpoint:
+            from .tracing.otlp_export import OtlpExporter
+
+            self.otlp_exporter = OtlpExporter.for_engine(self)
+            self.recorder.add_listener(self.otlp_exporter.submit)
+        # ---- end OTLP export
+        # ---- releases (releases/): prompts, pinning, experiments, shadow, intent routing, cascades
+        from .releases import Releases
+
+        self.releases = Releases(self)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
 
@@ -64,7 +81,10 @@ class Engine:
             if self._started:
                 return
             self.recorder.start()
+            if self.otlp_exporter is not None:  # OTLP export
+                self.otlp_exporter.start()
             await asyncio.gather(*(p.start() for p in self.providers.values()))
+            await self.guards.start()
             self._started = True
 
     async def close(self) -> None:
@@ -74,6 +94,8 @@ class Engine:
             except Exception:  # pragma: no cover - best effort on shutdown
                 log.exception("closing provider %s failed", p.name)
         self.recorder.close()
+        if self.otlp_exporter is not None:  # OTLP export: after the recorder's last batch
+            self.otlp_exporter.close()
         if self.store is not None:
             self.store.close()
         self._started = False
@@ -109,6 +131,9 @@ class Engine:
         user: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Span:
+        step = current_observation()  # the enclosing @observe step, if any (None: nothing to do)
+        if step is not None and trace_id is None:
+            trace_id, parent_id = step.trace_id, step.span_id
         span = Span(
             trace_id=trace_id or new_trace_id(),
             span_id=new_span_id(),
@@ -124,6 +149,8 @@ class Engine:
             if isinstance(sid, str):
                 span.session_id = sid
         span.attributes = attrs
+        if step is not None and step.trace_id == span.trace_id:
+            step.adopt(span)  # session/user when the request has none; retrieved document ids
         return span
 
     def _finish(self, span: Span, target: ResolvedTarget | None, resp: dict[str, Any] | None,
@@ -189,12 +216,18 @@ class Engine:
         return body
 
     # ---- chat ----------------------------------------------------------------------
-    async def complete(self, req: ChatRequest, span: Span) -> dict[str, Any]:
-        """A non-streaming chat completion; records ``span``."""
-        router = self.router_for(req.model)
+    async def complete(self, req: ChatRequest, span: Span, *, response_model: Any = None) -> dict[str, Any]:
+        """A non-streaming chat completion; records ``span``. ``response_model``: a
+        pydantic class the answer must validate as (re-asked otherwise)."""
+        req, router = await self.releases.resolve(req, span)  # releases: may rewrite req, pick the router
         span.alias = router.alias
-        span.input = req.body
         attempts: list[Attempt] = []
+        guard = self.guards.begin(router.alias, req, span, response_model)
+        if guard is not None:
+            early = await self._guard_input(guard, req, span, attempts)
+            if early is not None:
+                return early
+        span.input = req.body
 
         async def op(target: ResolvedTarget) -> dict[str, Any]:
             return await target.provider.chat(self._body(req, target), target.timeouts)
@@ -213,18 +246,75 @@ class Engine:
         except BaseException as exc:
             self._fail(span, exc, attempts)
             raise
+        if guard is not None and guard.has_output:
+            try:
+                resp, target = await guard.run_output(resp, target, self._guard_caller(router, req, attempts))
+            except BaseException as exc:
+                self._fail(span, exc, attempts, target)
+                raise
         span.output = resp
         self._finish(span, target, resp, attempts)
+        self.releases.after_success(req, span, resp)  # releases: shadow dispatch, fire and forget
         return resp
+
+    # ---- guards (guards/pipeline.py) -------------------------------------------------
+    async def _guard_input(self, guard: Any, req: ChatRequest, span: Span,
+                           attempts: list[Attempt]) -> dict[str, Any] | None:
+        """Run the input guards (they may redact ``req.body``); a fixed answer when a guard
+        falls back, None to go on. Blocks and fail-closed errors raise, recorded."""
+        try:
+            early = await guard.run_input()
+        except BaseException as exc:
+            span.input = req.body
+            self._fail(span, exc, attempts)
+            raise
+        if early is not None:
+            span.input = req.body
+            span.output = early
+            self._finish(span, None, early, attempts)
+        return early
+
+    def _guard_caller(self, router: Router, req: ChatRequest, attempts: list[Attempt]) -> Callable[..., Any]:
+        """For output guards: call the alias again (a re-ask with extra ``messages``), or
+        its targets after ``after`` (a fall-back). Non-streaming; attempts are recorded."""
+        import copy
+
+        from .guards.pipeline import NoMoreTargets
+
+        async def call(messages: list[dict[str, Any]] | None, after: ResolvedTarget | None) -> Any:
+            r = router
+            if after is not None:
+                rest = router.targets[router.targets.index(after) + 1:] if after in router.targets else []
+                if not rest:
+                    raise NoMoreTargets()
+                r = copy.copy(router)
+                r.targets = rest
+
+            async def op(target: ResolvedTarget) -> dict[str, Any]:
+                body = self._body(req, target)
+                body.pop("stream", None)
+                body.pop("stream_options", None)
+                if messages is not None:
+                    body["messages"] = messages
+                return await target.provider.chat(body, target.timeouts)
+
+            return await r.execute(op, attempts)
+
+        return call
 
     async def open_stream(self, req: ChatRequest, span: Span) -> AsyncIterator[dict[str, Any]]:
         """Start a streaming completion. Failures before the first chunk raise here
         (after falling over); the returned iterator relays the rest and records ``span``."""
-        router = self.router_for(req.model)
+        req, router = await self.releases.resolve(req, span)  # releases: may rewrite req, pick the router
         span.alias = router.alias
-        span.input = req.body
         span.attributes["stream"] = True
         attempts: list[Attempt] = []
+        guard = self.guards.begin(router.alias, req, span)
+        if guard is not None:
+            early = await self._guard_input(guard, req, span, attempts)
+            if early is not None:
+                return _replay(early)
+        span.input = req.body
 
         async def op(target: ResolvedTarget) -> tuple[Any, dict[str, Any]]:
             body = self._body(req, target)
@@ -253,6 +343,19 @@ class Engine:
         except BaseException as exc:
             self._fail(span, exc, attempts)
             raise
+        if guard is not None and guard.has_output:
+            # buffer mode consumes the whole upstream here; incremental mode holds back a window
+            guarded = guard.wrap_stream(agen, first, target, self._guard_caller(router, req, attempts))
+            try:
+                first = await guarded.__anext__()
+            except BaseException as exc:
+                await guarded.aclose()
+                self._fail(span, exc if not isinstance(exc, StopAsyncIteration) else
+                           MidStreamError("the guarded stream produced no chunk"), attempts, target)
+                if isinstance(exc, StopAsyncIteration):
+                    raise MidStreamError("the guarded stream produced no chunk") from None
+                raise
+            agen, target = guarded, guard.final_target or target
         span.ttft_ms = round((time.time() - span.start_time) * 1000, 3)
         return self._relay(agen, first, req, span, target, attempts)
 
@@ -289,6 +392,7 @@ class Engine:
         resp = acc.response()
         span.output = resp
         self._finish(span, target, resp, attempts)
+        self.releases.after_success(req, span, resp)  # releases: shadow dispatch, fire and forget
 
     async def _fallback_stream(self, router: Router, req: ChatRequest, span: Span,
                                attempts: list[Attempt]) -> AsyncIterator[dict[str, Any]]:
@@ -323,3 +427,11 @@ class Engine:
         i = usage.get("prompt_tokens")
         self._finish(span, target, {"model": resp.get("model"), "usage": {"prompt_tokens": i, "completion_tokens": 0 if i is not None else None}}, attempts)
         return resp
+
+
+async def _replay(resp: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """A finished completion (already recorded) as stream chunks."""
+    from .guards.pipeline import completion_chunks
+
+    for chunk in completion_chunks(resp):
+        yield chunk

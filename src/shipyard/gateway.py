@@ -12,6 +12,7 @@ import threading
 from typing import Any, AsyncIterator, Iterator
 
 from .engine import Engine
+from .tracing.observe import current_observation, register_default_recorder, unregister_default_recorder
 from .types import parse_chat_request, parse_embeddings_request
 
 
@@ -29,6 +30,38 @@ def _chunk(chunk: dict[str, Any], trace_id: str) -> Any:
     obj = ChatCompletionChunk.model_validate(chunk)
     obj.trace_id = trace_id
     return obj
+
+
+def _with_response_format(model_cls: Any, params: dict[str, Any]) -> dict[str, Any]:
+    from pydantic import BaseModel
+
+    from .errors import InvalidRequest
+
+    if not (isinstance(model_cls, type) and issubclass(model_cls, BaseModel)):
+        raise InvalidRequest("response_model must be a pydantic BaseModel subclass", param="response_model")
+    if params.get("stream"):
+        raise InvalidRequest("response_model cannot be combined with stream=True", param="response_model")
+    if params.get("response_format") is None:
+        params = {**params, "response_format": {"type": "json_schema", "json_schema": {
+            "name": model_cls.__name__[:64], "schema": model_cls.model_json_schema()}}}
+    return params
+
+
+def _validated(model_cls: Any, resp: dict[str, Any], trace_id: str) -> Any:
+    """The first choice's content as a ``model_cls`` instance (the engine already re-asked)."""
+    from pydantic import ValidationError
+
+    from .errors import GatewayError
+    from .guards.structured import unfence
+
+    choices = resp.get("choices") or [{}]
+    content = (choices[0].get("message") or {}).get("content")
+    try:
+        return model_cls.model_validate_json(unfence(content or ""))
+    except ValidationError as exc:
+        raise GatewayError(f"The answer does not validate as {model_cls.__name__}: {exc.errors()[0]['msg']} "
+                           f"(trace {trace_id}).", status=502, code="output_validation_failed",
+                           details={"trace_id": trace_id}) from None
 
 
 class _LoopThread:
@@ -53,6 +86,9 @@ class Gateway:
     def __init__(self, config: Any = None, *, store: Any = "config") -> None:
         self.engine = Engine(config, store=store)
         self._loop_thread: _LoopThread | None = None
+        self._loop_lock = threading.Lock()  # sync calls may come from several threads at once
+        # the most recently created Gateway records @observe spans (unless shipyard.configure)
+        register_default_recorder(self.engine.recorder, self)
 
     @property
     def config(self):
@@ -66,20 +102,33 @@ class Gateway:
         messages: list[dict[str, Any]],
         trace_id: str | None = None,
         parent_span_id: str | None = None,
+        response_model: Any = None,
         **params: Any,
     ) -> Any:
-        """A chat completion. With ``stream=True`` returns an async iterator of chunks."""
+        """A chat completion. With ``stream=True`` returns an async iterator of chunks.
+
+        ``response_model``: a pydantic model class; the request asks for its JSON Schema
+        (``response_format``), the answer is validated (re-asked on failure, see
+        docs/guardrails.md) and a validated instance of the class is returned."""
         await self.engine.start()
+        if response_model is not None:
+            params = _with_response_format(response_model, params)
         req = parse_chat_request({"model": model, "messages": messages, **params})
         span = self.engine.new_span("llm", "chat " + req.model, trace_id=trace_id,
                                     parent_id=parent_span_id, user=req.user, metadata=req.metadata)
+        if response_model is not None:
+            resp = await self.engine.complete(req, span, response_model=response_model)
+            return _validated(response_model, resp, span.trace_id)
         if not req.stream:
             return _completion(await self.engine.complete(req, span), span.trace_id)
         chunks = await self.engine.open_stream(req, span)
 
         async def objects() -> AsyncIterator[Any]:
-            async for c in chunks:
-                yield _chunk(c, span.trace_id)
+            try:
+                async for c in chunks:
+                    yield _chunk(c, span.trace_id)
+            finally:  # closing early cancels the upstream call now, not at garbage collection
+                await chunks.aclose()
 
         return objects()
 
@@ -92,6 +141,7 @@ class Gateway:
         return CreateEmbeddingResponse.model_validate(await self.engine.embed(model, body, span))
 
     async def aclose(self) -> None:
+        unregister_default_recorder(self.engine.recorder)
         await self.engine.close()
 
     async def __aenter__(self) -> "Gateway":
@@ -103,13 +153,17 @@ class Gateway:
 
     # ---- sync ----------------------------------------------------------------------
     def _sync(self) -> _LoopThread:
-        if self._loop_thread is None:
-            self._loop_thread = _LoopThread()
-        return self._loop_thread
+        with self._loop_lock:
+            if self._loop_thread is None:
+                self._loop_thread = _LoopThread()
+            return self._loop_thread
 
     def chat(self, **kwargs: Any) -> Any:
         """Sync ``achat``; with ``stream=True`` returns an iterator of chunks."""
         lt = self._sync()
+        step = current_observation()  # runs on the loop thread: carry the caller's step across
+        if step is not None and kwargs.get("trace_id") is None:
+            kwargs = {**kwargs, "trace_id": step.trace_id, "parent_span_id": step.span_id}
         result = lt.run(self.achat(**kwargs))
         if not kwargs.get("stream"):
             return result
@@ -135,6 +189,7 @@ class Gateway:
             self._loop_thread.stop()
             self._loop_thread = None
         else:
+            unregister_default_recorder(self.engine.recorder)
             self.engine.recorder.close()
             if self.engine.store is not None:
                 self.engine.store.close()

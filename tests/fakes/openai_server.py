@@ -7,7 +7,7 @@ import hashlib
 import json
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -57,6 +57,10 @@ class FakeOpenAI(FakeServer):
     def __init__(self) -> None:
         super().__init__()
         self.embedding_dim: int = 8
+        # per-request reply texts, consumed in order before ``reply_text`` applies
+        self.reply_queue: list[str] = []
+        # reply_fn(request body) -> reply text, or None to fall through to the queue/reply_text
+        self.reply_fn: Callable[[dict[str, Any]], str | None] | None = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -98,9 +102,15 @@ class FakeOpenAI(FakeServer):
         if self.reply_tool_calls:
             calls = [_tool_call(call) for call in self.reply_tool_calls]
             return _Reply(None, calls, "tool_calls")
-        text = self.reply_text
-        if not self.reply_text_is_set and _wants_json(body):
-            text = JSON_REPLY
+        fn_text = self.reply_fn(body) if self.reply_fn is not None else None
+        if fn_text is not None:
+            text = fn_text
+        elif self.reply_queue:
+            text = self.reply_queue.pop(0)
+        else:
+            text = self.reply_text
+            if not self.reply_text_is_set and _wants_json(body):
+                text = JSON_REPLY
         text, _ = cut_at_stop(text, body.get("stop"))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         text, truncated = truncate_words(text, limit)

@@ -10,6 +10,12 @@ import importlib
 from typing import Any
 
 FEATURES: list[str] = [
+    "shipyard.server.api:routes",  # GET /api/traces, /api/traces/{id}, /api/dashboard (JSON read API)
+    "shipyard.server.ui:routes",  # /ui web UI (traces, trace detail, dashboard)
+    "shipyard.server.otlp_routes:otlp_routes",  # POST /v1/traces (OTLP/HTTP ingestion)
+    "shipyard.server.metrics:metrics_routes",  # GET /metrics (Prometheus)
+    "shipyard.server.admin_prompts:routes",  # /api/prompts (admin), /api/shadow, /api/experiments, /ui/prompts
+    "shipyard.drift.ui:routes",  # /ui/drift, /api/drift, /api/drift/latest; the scheduled drift check
 ]
 
 
