@@ -36,7 +36,8 @@ class HttpClient:
                 limit=self.max_connections, ttl_dns_cache=300, keepalive_timeout=30
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, headers=self.headers, auto_decompress=True
+                connector=connector, headers=self.headers, auto_decompress=True,
+                cookie_jar=aiohttp.DummyCookieJar(),  # an API gateway never replays cookies
             )
 
     async def close(self) -> None:
