@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..errors import ShipyardError
 from ..tracing.span import Span
 
 DEFAULT_WINDOW_S = 7 * 24 * 3600
@@ -24,11 +25,14 @@ class TraceFilter:
     user_id: str | None = None
     session_id: str | None = None
     status: str | None = None
+    # inclusive bounds on the trace's cost_usd and duration_ms; unknown never satisfies one
     min_cost: float | None = None
     max_cost: float | None = None
     min_latency_ms: float | None = None
     max_latency_ms: float | None = None
-    q: str | None = None  # free text over span inputs and outputs
+    # free text over span inputs and outputs: whole words (letters and digits), any case,
+    # every word must occur in one span of the trace
+    q: str | None = None
     limit: int = 50
     cursor: str | None = None
 
@@ -39,6 +43,10 @@ class TraceFilter:
 
     def page_size(self) -> int:
         return max(1, min(self.limit, MAX_PAGE))
+
+
+class StoreUnavailable(ShipyardError):
+    """The store's database cannot be reached (said at start-up, without secrets)."""
 
 
 def encode_cursor(start_time: float, trace_id: str) -> str:
@@ -56,7 +64,8 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 class Store(Protocol):
-    def migrate(self) -> None: ...
+    def migrate(self) -> list[tuple[str, int]]:
+        """Apply registered migrations not yet applied (see store/migrations.py)."""
 
     def write_spans(self, spans: list[Span], dump: Any) -> None:
         """Insert spans (immutable: a repeated span id is ignored) and update trace rows."""
@@ -70,6 +79,11 @@ class Store(Protocol):
     def dashboard(self, start: float, end: float, bucket_s: int) -> list[dict[str, Any]]:
         """Per time bucket and model: bucket_start, model, requests, errors, p50_ms, p95_ms,
         cost_usd, input_tokens, output_tokens (llm spans only)."""
+
+    def purge(self, older_than: float) -> int:
+        """Retention: delete traces that started before ``older_than`` (with their spans and
+        search entries) and rollups of whole buckets before it, in bounded batches; returns
+        the number of spans deleted."""
 
     def ping(self) -> bool: ...
 

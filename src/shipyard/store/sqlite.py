@@ -1,129 +1,27 @@
-"""SQLite store: WAL mode, numbered migrations, a trace summary row kept up to date on write."""
+"""SQLite store: WAL mode, one writer and one reader connection, FTS5 search.
+
+A span's rowid is its time id (start time in milliseconds << 12, plus low bits): the spans
+table is laid out in time order and the contentless FTS5 index, keyed by the same rowid,
+bounds every search by the time window itself (see schema.py).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
-import orjson
+from .migrations import CREATE_TABLE
+from .schema import SQLITE_SEARCH_TEXT, TIME_ID_SHIFT, time_id_floor
+from .sql import SPAN_COLUMNS, SQLITE, SQLStore, _dicts, _in
 
-from ..tracing.span import Span
-from .base import TraceFilter, decode_cursor, encode_cursor
-
-MIGRATIONS: list[str] = [
-    # 1: spans and traces
-    """
-    CREATE TABLE spans (
-        span_id TEXT PRIMARY KEY,
-        trace_id TEXT NOT NULL,
-        parent_id TEXT,
-        kind TEXT NOT NULL,
-        name TEXT NOT NULL,
-        start_time REAL NOT NULL,
-        end_time REAL,
-        duration_ms REAL,
-        status TEXT NOT NULL,
-        error TEXT,
-        alias TEXT,
-        provider TEXT,
-        model TEXT,
-        response_model TEXT,
-        user_id TEXT,
-        session_id TEXT,
-        input_tokens INTEGER,
-        output_tokens INTEGER,
-        cached_tokens INTEGER,
-        cost_usd REAL,
-        ttft_ms REAL,
-        completion_id TEXT,
-        attributes TEXT,
-        input TEXT,
-        output TEXT
-    );
-    CREATE INDEX spans_trace ON spans(trace_id);
-    CREATE INDEX spans_time ON spans(start_time);
-    CREATE INDEX spans_completion ON spans(completion_id) WHERE completion_id IS NOT NULL;
-    CREATE TABLE traces (
-        trace_id TEXT PRIMARY KEY,
-        start_time REAL NOT NULL,
-        end_time REAL,
-        name TEXT,
-        status TEXT NOT NULL,
-        span_count INTEGER NOT NULL,
-        alias TEXT,
-        model TEXT,
-        user_id TEXT,
-        session_id TEXT,
-        input_tokens INTEGER,
-        output_tokens INTEGER,
-        cost_usd REAL,
-        duration_ms REAL
-    );
-    CREATE INDEX traces_time ON traces(start_time DESC, trace_id DESC);
-    CREATE INDEX traces_user ON traces(user_id, start_time);
-    CREATE INDEX traces_session ON traces(session_id, start_time);
-    CREATE INDEX traces_alias ON traces(alias, start_time);
-    CREATE INDEX traces_model ON traces(model, start_time);
-    CREATE INDEX traces_status ON traces(status, start_time);
-    """,
-]
-
-SPAN_COLUMNS = (
-    "span_id", "trace_id", "parent_id", "kind", "name", "start_time", "end_time", "duration_ms",
-    "status", "error", "alias", "provider", "model", "response_model", "user_id", "session_id",
-    "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "ttft_ms", "completion_id",
-    "attributes", "input", "output",
-)
-_INSERT_SPAN = "INSERT OR IGNORE INTO spans (%s) VALUES (%s)" % (
-    ", ".join(SPAN_COLUMNS), ", ".join("?" * len(SPAN_COLUMNS)),
-)
-# One row per trace, merged as its spans arrive (in any order).
-_UPSERT_TRACE = """
-INSERT INTO traces (trace_id, start_time, end_time, name, status, span_count, alias, model,
-                    user_id, session_id, input_tokens, output_tokens, cost_usd, duration_ms)
-VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(trace_id) DO UPDATE SET
-    start_time = MIN(traces.start_time, excluded.start_time),
-    end_time = MAX(COALESCE(traces.end_time, excluded.end_time), COALESCE(excluded.end_time, traces.end_time)),
-    name = CASE WHEN excluded.start_time < traces.start_time OR traces.name IS NULL
-                THEN excluded.name ELSE traces.name END,
-    status = CASE WHEN excluded.status = 'error' THEN 'error' ELSE traces.status END,
-    span_count = traces.span_count + 1,
-    alias = COALESCE(traces.alias, excluded.alias),
-    model = COALESCE(traces.model, excluded.model),
-    user_id = COALESCE(traces.user_id, excluded.user_id),
-    session_id = COALESCE(traces.session_id, excluded.session_id),
-    input_tokens = COALESCE(traces.input_tokens, 0) + COALESCE(excluded.input_tokens, 0),
-    output_tokens = COALESCE(traces.output_tokens, 0) + COALESCE(excluded.output_tokens, 0),
-    cost_usd = CASE WHEN excluded.cost_usd IS NULL THEN traces.cost_usd
-                    ELSE COALESCE(traces.cost_usd, 0) + excluded.cost_usd END,
-    duration_ms = (MAX(COALESCE(traces.end_time, excluded.end_time), COALESCE(excluded.end_time, traces.end_time))
-                   - MIN(traces.start_time, excluded.start_time)) * 1000.0
-"""
-TRACE_COLUMNS = (
-    "trace_id", "start_time", "end_time", "name", "status", "span_count", "alias", "model",
-    "user_id", "session_id", "input_tokens", "output_tokens", "cost_usd", "duration_ms",
-)
-_JSON_COLUMNS = ("attributes", "input", "output")
-
-
-def span_row(s: Span, dump: Callable[[Any], str | None]) -> tuple:
-    return (
-        s.span_id, s.trace_id, s.parent_id, s.kind, s.name, s.start_time, s.end_time, s.duration_ms,
-        s.status, s.error, s.alias, s.provider, s.model, s.response_model, s.user_id, s.session_id,
-        s.input_tokens, s.output_tokens, s.cached_tokens, s.cost_usd, s.ttft_ms, s.completion_id,
-        orjson.dumps(s.attributes, default=str).decode() if s.attributes else None,
-        dump(s.input), dump(s.output),
-    )
-
-
-def trace_row(s: Span) -> tuple:
-    return (
-        s.trace_id, s.start_time, s.end_time, s.name, s.status, s.alias, s.response_model or s.model,
-        s.user_id, s.session_id, s.input_tokens, s.output_tokens, s.cost_usd, s.duration_ms,
-    )
+# Free-text search: a term in at most this many spans is looked up in the index first
+# (cost grows with its matches); a commoner one is checked trace by trace, newest first,
+# over at most PROBE_TRACES traces before falling back to the index for older ones.
+SPARSE_TERM_DOCS = 20_000
+PROBE_TRACES = 5_000
 
 
 def _path(url: str) -> str:
@@ -133,116 +31,192 @@ def _path(url: str) -> str:
     return path or ":memory:"
 
 
-class SQLiteStore:
-    """Thread-safe by a lock around one connection; the recorder's thread does the writes."""
+def split_script(script: str) -> list[str]:
+    """Statements of a SQL script (semicolons inside triggers and strings respected)."""
+    out, buf = [], ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \t\r\n;"):
+                out.append(buf)
+            buf = ""
+    if buf.strip(" \t\r\n;"):
+        out.append(buf)
+    return out
+
+
+class SQLiteStore(SQLStore):
+    """Thread-safe: writes go through one connection under a lock (the recorder's thread),
+    reads through another (WAL lets them run side by side). ``:memory:`` uses one."""
+
+    dialect = SQLITE
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.path = _path(url)
-        if self.path != ":memory:":
+        memory = self.path == ":memory:"
+        if not memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA busy_timeout=5000")
+        self._wconn = self._connect(wal=not memory)
+        self._wlock = threading.Lock()
+        if memory:
+            self._rconn, self._rlock = self._wconn, self._wlock
+        else:
+            self._rconn, self._rlock = self._connect(wal=False), threading.Lock()
+        self._conn, self._lock = self._wconn, self._wlock  # the writer, under the names of 0.1
+        self._seq = 0  # low bits of time ids
         self.migrate()
 
-    def migrate(self) -> None:
-        with self._lock:
-            c = self._conn
-            c.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
-            done = {r[0] for r in c.execute("SELECT version FROM schema_migrations")}
-            for version, sql in enumerate(MIGRATIONS, start=1):
-                if version in done:
-                    continue
-                c.execute("BEGIN IMMEDIATE")
-                try:
-                    for stmt in sql.split(";"):
-                        if stmt.strip():
-                            c.execute(stmt)
-                    c.execute("INSERT INTO schema_migrations VALUES (?, strftime('%s','now'))", (version,))
-                    c.execute("COMMIT")
-                except Exception:
-                    c.execute("ROLLBACK")
-                    raise
+    def _connect(self, wal: bool) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=30000")
+        if wal:  # the writer
+            conn.execute("PRAGMA journal_mode=WAL")
+            # index pages keyed by random ids (span, trace) are rewritten by most batches: a
+            # bigger cache and fewer checkpoints write each of them back less often
+            conn.execute("PRAGMA cache_size=-131072")  # 128 MiB
+            conn.execute("PRAGMA wal_autocheckpoint=10000")  # pages (~40 MiB of WAL)
+        else:
+            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        return conn
 
-    def write_spans(self, spans: list[Span], dump: Callable[[Any], str | None]) -> None:
-        rows = [span_row(s, dump) for s in spans]
-        with self._lock:
-            c = self._conn
-            c.execute("BEGIN")
+    # ---- connections --------------------------------------------------------------
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Cursor]:
+        with self._rlock:
+            yield self._rconn.cursor()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        with self._wlock:
+            conn = self._wconn
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                before = c.total_changes
-                for s, row in zip(spans, rows):
-                    c.execute(_INSERT_SPAN, row)
-                    if c.total_changes != before:  # a new span, not a repeat
-                        c.execute(_UPSERT_TRACE, trace_row(s))
-                    before = c.total_changes
-                c.execute("COMMIT")
-            except Exception:
-                c.execute("ROLLBACK")
+                yield conn.cursor()
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
+            conn.execute("COMMIT")
 
-    def list_traces(self, f: TraceFilter) -> tuple[list[dict[str, Any]], str | None]:
-        start, end = f.window()
-        where = ["start_time >= ?", "start_time < ?"]
-        args: list[Any] = [start, end]
-        for col, val in (("alias", f.alias), ("model", f.model), ("user_id", f.user_id),
-                         ("session_id", f.session_id), ("status", f.status)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        if f.cursor:
-            ts, tid = decode_cursor(f.cursor)
-            where.append("(start_time < ? OR (start_time = ? AND trace_id < ?))")
-            args += [ts, ts, tid]
-        n = f.page_size()
-        sql = (
-            f"SELECT {', '.join(TRACE_COLUMNS)} FROM traces WHERE {' AND '.join(where)} "
-            "ORDER BY start_time DESC, trace_id DESC LIMIT ?"
+    @contextmanager
+    def _migration(self) -> Iterator[sqlite3.Cursor]:
+        # BEGIN IMMEDIATE takes the database's write lock: a second process starting at the
+        # same time waits (busy_timeout), then finds the steps recorded and skips them.
+        with self._write() as cur:
+            cols = [r[1] for r in cur.execute("PRAGMA table_info(schema_migrations)")]
+            if cols and "component" not in cols:  # the single-list layout of shipyard 0.1
+                cur.execute("ALTER TABLE schema_migrations RENAME TO schema_migrations_v0")
+                cur.execute(CREATE_TABLE)
+                cur.execute("INSERT INTO schema_migrations (component, version, applied_at) "
+                            "SELECT 'traces', version, COALESCE(applied_at, 0) FROM schema_migrations_v0")
+                cur.execute("DROP TABLE schema_migrations_v0")
+            yield cur
+
+    def _execute_script(self, cur: sqlite3.Cursor, sql: str) -> None:
+        for stmt in split_script(sql):
+            cur.execute(stmt)
+
+    # ---- writes -------------------------------------------------------------------
+    _INSERT = (
+        f"INSERT INTO spans (rowid, {', '.join(SPAN_COLUMNS)}) VALUES (?, {', '.join('?' * len(SPAN_COLUMNS))}) "
+        "ON CONFLICT (span_id) DO NOTHING"
+    )
+    _LOW_BITS = (1 << TIME_ID_SHIFT) - 1
+
+    def _insert_spans(self, cur: sqlite3.Cursor, rows: list[tuple]) -> list[tuple[int, Any]]:
+        new = []
+        for i, row in enumerate(rows):
+            self._seq = (self._seq + 1) & self._LOW_BITS
+            rowid = time_id_floor(row[5]) | self._seq
+            while True:
+                try:
+                    cur.execute(self._INSERT, (rowid, *row))
+                    break
+                except sqlite3.IntegrityError:
+                    # the time id is taken (another span of that millisecond): the first one
+                    # after the last taken in that millisecond
+                    taken = cur.execute("SELECT MAX(rowid) FROM spans WHERE rowid >= ? AND rowid <= ?",
+                                        (rowid, rowid | self._LOW_BITS)).fetchone()[0]
+                    if taken is None:  # not a time id clash after all
+                        raise
+                    rowid = taken + 1
+            if cur.rowcount == 1:
+                new.append((i, rowid))
+        return new
+
+    # One INSERT ... SELECT per batch: FTS5 flushes its pending terms at every statement that
+    # opens a savepoint, so a statement per span would write a tiny segment per span.
+    @staticmethod
+    def _fts_sql(command: str, match: str) -> str:
+        return (
+            f"WITH x AS MATERIALIZED (SELECT s.rowid AS rid, {SQLITE_SEARCH_TEXT} AS body FROM spans s WHERE {match}) "
+            f"INSERT INTO spans_fts(spans_fts, rowid, body) SELECT {command}, rid, body FROM x WHERE body <> ''"
         )
-        with self._lock:
-            rows = [dict(r) for r in self._conn.execute(sql, (*args, n + 1))]
-        cursor = None
-        if len(rows) > n:
-            rows = rows[:n]
-            cursor = encode_cursor(rows[-1]["start_time"], rows[-1]["trace_id"])
-        return rows, cursor
 
-    def get_trace(self, trace_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            t = self._conn.execute(
-                f"SELECT {', '.join(TRACE_COLUMNS)} FROM traces WHERE trace_id = ?", (trace_id,)
-            ).fetchone()
-            if t is None:
-                return None
-            spans = [dict(r) for r in self._conn.execute(
-                f"SELECT {', '.join(SPAN_COLUMNS)} FROM spans WHERE trace_id = ? ORDER BY start_time",
-                (trace_id,),
-            )]
-        for s in spans:
-            for col in _JSON_COLUMNS:
-                if s[col] is not None:
-                    s[col] = orjson.loads(s[col])
-        return {**dict(t), "spans": spans}
+    def _index_text(self, cur: sqlite3.Cursor, rows: list[tuple], new: list[tuple[int, Any]]) -> None:
+        todo = [rowid for i, rowid in new if rows[i][-2] is not None or rows[i][-1] is not None]
+        for k in range(0, len(todo), 10_000):
+            chunk = todo[k:k + 10_000]
+            cur.execute(self._fts_sql("NULL", f"s.rowid IN {_in(chunk)}"), chunk)
 
-    def find_span_by_completion(self, completion_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            r = self._conn.execute(
-                "SELECT span_id, trace_id FROM spans WHERE completion_id = ? LIMIT 1", (completion_id,)
-            ).fetchone()
-        return dict(r) if r else None
+    def _unindex_text(self, cur: sqlite3.Cursor, trace_ids: list[str]) -> None:
+        # a contentless FTS5 table forgets a row only when told the exact text it indexed
+        cur.execute(self._fts_sql("'delete'", f"s.trace_id IN {_in(trace_ids)}"), trace_ids)
 
+    # ---- search -------------------------------------------------------------------
+    def _search(self, cur: sqlite3.Cursor, where: list[str], args: list[Any], terms: list[str],
+                since: float, limit: int) -> list[dict[str, Any]]:
+        match = " ".join(f'"{t}"' for t in terms)
+        floor = time_id_floor(since)  # the spans of a trace in the window start in it too
+        order = "ORDER BY t.start_time DESC, t.trace_id DESC LIMIT ?"
+        by_index = (
+            f"SELECT {self._trace_cols} FROM traces t WHERE {{where}} AND t.trace_id IN ("
+            "SELECT s.trace_id FROM spans_fts JOIN spans s ON s.rowid = spans_fts.rowid "
+            f"WHERE spans_fts MATCH ? AND spans_fts.rowid >= ?) {order}"
+        )
+        cur.execute(f"SELECT term, doc FROM spans_fts_vocab WHERE term IN {_in(terms)}", terms)
+        docs = dict(cur.fetchall())
+        if min(docs.get(t, 0) for t in terms) <= SPARSE_TERM_DOCS:
+            cur.execute(by_index.format(where=" AND ".join(where)), (*args, match, floor, limit))
+            return _dicts(cur)
+        # Common words: check the newest traces one by one, then the older ones through the index.
+        cur.execute(f"SELECT t.start_time, t.trace_id FROM traces t WHERE {' AND '.join(where)} "
+                    "ORDER BY t.start_time DESC, t.trace_id DESC LIMIT 1 OFFSET ?", (*args, PROBE_TRACES - 1))
+        edge = cur.fetchall()
+        newest = where + (["(t.start_time, t.trace_id) >= (?, ?)"] if edge else [])
+        cur.execute(
+            f"SELECT {self._trace_cols} FROM traces t WHERE {' AND '.join(newest)} AND EXISTS ("
+            "SELECT 1 FROM spans s JOIN spans_fts ON spans_fts.rowid = s.rowid "
+            f"WHERE s.trace_id = t.trace_id AND spans_fts MATCH ?) {order}",
+            (*args, *(edge[0] if edge else ()), match, limit),
+        )
+        rows = _dicts(cur)
+        if len(rows) >= limit or not edge:
+            return rows
+        older = where + ["(t.start_time, t.trace_id) < (?, ?)"]
+        cur.execute(by_index.format(where=" AND ".join(older)), (*args, *edge[0], match, floor, limit - len(rows)))
+        return rows + _dicts(cur)
+
+    # ---- lifecycle ----------------------------------------------------------------
     def ping(self) -> bool:
         try:
-            with self._lock:
-                self._conn.execute("SELECT 1")
+            with self._rlock:
+                self._rconn.execute("SELECT 1")
             return True
         except sqlite3.Error:
             return False
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        with self._wlock:
+            try:
+                self._wconn.execute("PRAGMA analysis_limit=1000")
+                self._wconn.execute("PRAGMA optimize")
+            except sqlite3.Error:
+                pass
+            self._wconn.close()
+        if self._rconn is not self._wconn:
+            with self._rlock:
+                self._rconn.close()

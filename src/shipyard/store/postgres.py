@@ -1,0 +1,250 @@
+"""PostgreSQL store (psycopg 3): a small connection pool, batched writes, tsvector search.
+
+Selected by ``store: postgresql://user:pass@host:port/db`` (or ``postgres://``); any libpq
+URI parameter (``?sslmode=require``, ``?options=-csearch_path%3Dshipyard``) passes through.
+Needs the ``postgres`` extra: ``pip install 'shipyard[postgres]'``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from ..errors import ConfigError
+from .base import StoreUnavailable
+from .schema import SEARCH_TEXT_MAX
+from .sql import POSTGRESQL, SPAN_COLUMNS, UPSERTS, SQLStore, _dicts, _in
+
+MIGRATION_LOCK = int.from_bytes(b"Shipyard", "big")  # pg_advisory_xact_lock key
+
+_FLOAT = {"start_time", "end_time", "duration_ms", "cost_usd", "ttft_ms"}
+_INT = {"input_tokens", "output_tokens", "cached_tokens"}
+_TYPES = tuple("float8" if c in _FLOAT else "int4" if c in _INT else "text" for c in SPAN_COLUMNS)
+
+
+def _unnest(types: tuple[str, ...]) -> str:
+    return "unnest(" + ", ".join(f"%b::{t}[]" for t in types) + ")"
+
+
+def _columns(rows: list[Any], types: tuple[str, ...]) -> list[list[Any]]:
+    """Rows as one list per column, each value of the column's Python type (a binary array
+    holds one element type)."""
+    out: list[list[Any]] = []
+    for j, t in enumerate(types):
+        if t == "float8":
+            out.append([None if r[j] is None else float(r[j]) for r in rows])
+        elif t in ("int4", "int8"):
+            out.append([None if r[j] is None else int(r[j]) for r in rows])
+        else:
+            out.append([r[j] for r in rows])
+    return out
+_MAX_LEXEME = 500  # PostgreSQL refuses lexemes over 2046 bytes; a "word" that long is noise
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def conninfo(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if not url.startswith("postgresql://"):
+        raise ConfigError(f"store: not a PostgreSQL URL: {redact_url(url)!r}")
+    return url
+
+
+def _text(v: Any) -> Any:
+    # PostgreSQL text cannot hold NUL characters
+    if isinstance(v, str) and "\x00" in v:
+        return v.replace("\x00", "\ufffd")
+    return v
+
+
+def _strings(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _strings(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _strings(v, out)
+
+
+class _WordChars(dict):
+    """str.translate table: letters and digits (Unicode L and N, as SQLite's tokenizer is
+    configured) stay, everything else becomes a space. Filled lazily, one entry per
+    character seen."""
+
+    def __missing__(self, code: int) -> str:
+        ch = chr(code)
+        out = ch if ch.isalnum() else " "
+        self[code] = out
+        return out
+
+
+_WORD_CHARS = _WordChars()
+
+
+def search_words(*payloads: str | None) -> set[str]:
+    """The searchable words of JSON payloads: their string values split as SQLite's tokenizer
+    splits them (runs of letters and digits), lower-cased."""
+    out: list[str] = []
+    for p in payloads:
+        if p is not None:
+            try:
+                _strings(orjson.loads(p), out)
+            except orjson.JSONDecodeError:
+                out.append(p)
+    words = set(" ".join(out)[:SEARCH_TEXT_MAX].lower().translate(_WORD_CHARS).split())
+    if words and max(map(len, words)) > _MAX_LEXEME:
+        words = {w for w in words if len(w) <= _MAX_LEXEME}
+    return words
+
+
+def tsvector_literal(words: Iterable[str]) -> str:
+    """tsvector input text: lexemes of letters and digits only need no quoting."""
+    return " ".join(words)
+
+
+def tsquery_literal(terms: list[str]) -> str:
+    return " & ".join(terms)
+
+
+class PostgresStore(SQLStore):
+    """Thread-safe through a connection pool: the recorder's writer and any number of readers
+    (CLI, UI, API threads) each borrow a connection for one call."""
+
+    dialect = POSTGRESQL
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 10.0) -> None:
+        super().__init__()
+        try:
+            import psycopg
+            from psycopg_pool import ConnectionPool
+        except ImportError:
+            raise ConfigError(
+                "store: a postgresql:// store needs psycopg 3: pip install 'shipyard[postgres]'"
+            ) from None
+        self.url = redact_url(url)
+        info = conninfo(url)
+        self._timeout = timeout
+        try:  # fail now, with the server's own reason, rather than after a pool timeout
+            psycopg.connect(info, connect_timeout=max(1, int(timeout))).close()
+        except psycopg.Error as exc:
+            reason = " ".join(str(exc).split())
+            raise StoreUnavailable(f"store: cannot connect to PostgreSQL at {self.url}: {reason}") from None
+        self._pool = ConnectionPool(
+            info, min_size=min_size, max_size=max_size, timeout=timeout, open=False,
+            kwargs={"autocommit": True}, check=ConnectionPool.check_connection, name="shipyard-store",
+        )
+        self._pool.open(wait=True, timeout=timeout)
+        try:
+            self.migrate()
+        except BaseException:
+            self._pool.close()
+            raise
+        # One statement per batch, the rows as one array per column, sent in binary (no
+        # quoting of large texts)
+        self._sql_insert_spans = (
+            f"INSERT INTO spans ({', '.join(SPAN_COLUMNS)}) SELECT * FROM {_unnest(_TYPES)} "
+            "ON CONFLICT (span_id) DO NOTHING RETURNING span_id"
+        )
+        self._sql_bulk_upsert = {
+            k: self.dialect.q(f"INSERT INTO {u.table} ({', '.join(u.columns)}) SELECT * FROM {_unnest(u.types)} ")
+            + u.conflict.replace("{least}", "LEAST").replace("{greatest}", "GREATEST")
+            for k, u in UPSERTS.items()
+        }
+
+    # ---- connections --------------------------------------------------------------
+    @contextmanager
+    def _read(self) -> Iterator[Any]:
+        with self._pool.connection() as conn, conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def _migration(self) -> Iterator[Any]:
+        # Held until commit: a second process starting at the same time waits here, then
+        # finds the steps recorded and skips them.
+        with self._write() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            yield cur
+
+    def _execute_script(self, cur: Any, sql: str) -> None:
+        cur.execute(sql)  # several statements at once: allowed without parameters
+
+    # ---- writes -------------------------------------------------------------------
+    def _clean(self, rows: list[Any]) -> list[Any]:
+        if not any("\x00" in v for r in rows for v in r if v.__class__ is str):
+            return rows
+        return [tuple(_text(v) for v in r) for r in rows]
+
+    def _insert_spans(self, cur: Any, rows: list[tuple]) -> list[tuple[int, Any]]:
+        cur.execute(self._sql_insert_spans, _columns(rows, _TYPES))
+        inserted = {r[0] for r in cur.fetchall()}
+        return [(i, None) for i, r in enumerate(rows) if r[0] in inserted]
+
+    def _upsert(self, cur: Any, key: str, rows: list[Any]) -> None:
+        if rows:  # keys are unique within a batch, so one statement can merge them all
+            cur.execute(self._sql_bulk_upsert[key], _columns(rows, UPSERTS[key].types))
+
+    def _index_text(self, cur: Any, rows: list[tuple], new: list[tuple[int, Any]]) -> None:
+        trace_ids, starts, vectors = [], [], []
+        for i, _ in new:
+            r = rows[i]
+            words = search_words(r[-2], r[-1])
+            if words:
+                trace_ids.append(r[1])
+                starts.append(float(r[5]))
+                vectors.append(tsvector_literal(words))
+        if vectors:
+            cur.execute(
+                "INSERT INTO span_search (trace_id, start_time, tsv) "
+                "SELECT u.trace_id, u.start_time, u.tsv::tsvector "
+                "FROM unnest(%b::text[], %b::float8[], %b::text[]) AS u(trace_id, start_time, tsv)",
+                (trace_ids, starts, vectors),
+            )
+
+    def _unindex_text(self, cur: Any, trace_ids: list[str]) -> None:
+        cur.execute(self.dialect.q(f"DELETE FROM span_search WHERE trace_id IN {_in(trace_ids)}"), trace_ids)
+
+    # ---- search -------------------------------------------------------------------
+    def _search(self, cur: Any, where: list[str], args: list[Any], terms: list[str],
+                since: float, limit: int) -> list[dict[str, Any]]:
+        # the planner picks between walking recent traces (common words) and the GIN index
+        # (rare words) from the statistics it keeps on the tsvector column
+        cur.execute(self.dialect.q(
+            f"SELECT {self._trace_cols} FROM traces t WHERE {' AND '.join(where)} AND EXISTS ("
+            "SELECT 1 FROM span_search x WHERE x.trace_id = t.trace_id AND x.start_time >= ? "
+            "AND x.tsv @@ CAST(? AS tsquery)) "
+            "ORDER BY t.start_time DESC, t.trace_id DESC LIMIT ?"
+        ), (*args, since, tsquery_literal(terms), limit))
+        return _dicts(cur)
+
+    # ---- lifecycle ----------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            with self._pool.connection(timeout=min(self._timeout, 2.0)) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        self._pool.close()
