@@ -275,14 +275,20 @@ def test_judge_scores_and_feedback_rates_drift_across_windows(store):
     assert judges["checks"][0]["name"] == "judge:helpfulness"
     assert "quality.judge:helpfulness" in s["drifted"]
     assert s["quality"]["feedback"]["verdict"] == "no data"
-    assert "no feedback table" in s["quality"]["feedback"]["reason"]
+    assert "no feedback" in s["quality"]["feedback"]["reason"]
 
-    # a feedback table (as the feedback feature would add): rates per window
+    # feedback in the feedback feature's own table (sentiment +1/-1, timed by its trace)
+    import shipyard.feedback.schema  # noqa: F401  (registers the feedback tables)
+
+    store.migrate()
     with store._write() as cur:
-        cur.execute("CREATE TABLE feedback (id TEXT, trace_id TEXT, created_at DOUBLE PRECISION, score DOUBLE PRECISION)")
-        rows = [(f"a{i}", f"t{i}", now - 20 * DAY + i, 1.0) for i in range(40)]
-        rows += [(f"b{i}", f"u{i}", now - 3 * DAY + i, -1.0 if i % 2 else 1.0) for i in range(200)]
-        cur.executemany("INSERT INTO feedback VALUES (?, ?, ?, ?)", rows)
+        rows = [(f"a{i}", "h", f"t{i}", "thumbs", 1, "end_user", now - 20 * DAY + i, int(now - 20 * DAY + i), now)
+                for i in range(40)]
+        rows += [(f"b{i}", "h", f"u{i}", "thumbs", -1 if i % 2 else 1, "end_user", now - 3 * DAY + i,
+                  int(now - 3 * DAY + i), now) for i in range(200)]
+        cur.executemany(store.dialect.q(
+            "INSERT INTO feedback (feedback_id, request_hash, trace_id, kind, sentiment, source, trace_time, "
+            "trace_ts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"), rows)
     s = analyze(store, now, reference="window:30d..7d", semantic=False)
     fb = s["quality"]["feedback"]
     assert fb["reference"]["feedback"] == 40 and fb["current"]["feedback"] == 200

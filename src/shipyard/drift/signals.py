@@ -18,8 +18,8 @@ from .spec import Spec
 from .stats import DRIFT, NO_DATA, NO_DRIFT, NOT_ENOUGH, compare_counts, compare_numeric
 
 MAX_SCORES = 200_000
-TIME_COLUMNS = ("created_at", "time", "timestamp", "ts", "start_time", "recorded_at")
-VALUE_COLUMNS = ("score", "value", "rating", "thumbs", "label")
+TIME_COLUMNS = ("trace_time", "created_at", "time", "timestamp", "ts", "start_time", "recorded_at")
+VALUE_COLUMNS = ("sentiment", "score", "value", "rating", "thumbs", "label")
 
 
 def table_columns(store: Any, table: str) -> list[str]:
