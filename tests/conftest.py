@@ -16,6 +16,8 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from fakes import FakeAnthropic, FakeOpenAI  # noqa: E402
+from services import postgres_url  # noqa
+from services import redis_url  # noqa  (access/shared state)
 
 
 class ServerThread:

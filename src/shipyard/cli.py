@@ -224,6 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_release_commands(sub, with_config)
     # ---- end releases
+    # ---- drift (shipyard/drift/cli.py): `shipyard drift report|check|probe`
+    from .drift.cli import add_commands as add_drift_commands
+
+    add_drift_commands(sub, with_config)
+    # ---- end drift
+    # ---- feedback, review, export (shipyard/feedback/cli.py): `shipyard feedback|review|export ...`
+    from .feedback.cli import add_commands as add_feedback_commands
+
+    add_feedback_commands(sub, with_config, parse_since)
+    # ---- end feedback, review, export
+    # ---- access (shipyard/access/cli.py): `shipyard keys create|list|show|update|rotate|revoke`
+    from .access.cli import add_commands as add_key_commands
+
+    add_key_commands(sub, with_config)
+    # ---- end access
     return p
 
 

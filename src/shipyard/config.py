@@ -18,6 +18,7 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .cache.config import AliasCacheConfig, CacheConfig  # response cache (docs/operations.md#caching)
 from .errors import ConfigError
 from .releases.config import (  # releases (docs/releases.md)
     CascadeConfig, ExperimentConfig, IntentRouterConfig, PromptsConfig, ReleasesConfig, ShadowConfig,
@@ -67,6 +68,7 @@ class ModelAlias(Strict):
     shadow: ShadowConfig | None = None
     experiment: ExperimentConfig | None = None
     cascade: CascadeConfig | None = None
+    cache: AliasCacheConfig | None = None  # response cache: this alias's overrides of the top-level cache block
 
 
 class GuardsConfig(Strict):
@@ -176,6 +178,86 @@ class DriftConfig(Strict):
             raise ValueError("must be an http:// or https:// URL")
         return v
 
+
+class FeedbackConfig(Strict):
+    """Feedback, outcomes and the review queue (docs/feedback.md)."""
+
+    # keys accepted as ``Authorization: Bearer <key>`` on POST /api/feedback and /api/outcomes
+    # (until virtual keys replace them; see shipyard.feedback.auth.authorize_feedback)
+    api_keys: list[str] = Field(default_factory=list)
+    allow_anonymous: bool = False  # accept feedback without a key (trusted networks only)
+    allow_origins: list[str] = Field(default_factory=list)  # CORS for browser front ends ("*" = any)
+    review_sample_size: int = Field(50, ge=1, le=5000)  # traces in each day's review queue
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        for k in v:
+            if len(k) < 16:
+                raise ValueError("each key must be at least 16 characters long")
+        return v
+
+
+
+# ---- access and shared state (docs/configuration.md#auth, #redis, #limits; docs/operations.md)
+class AuthConfig(Strict):
+    """Virtual API keys and the admin key. On when this block is present (and ``enabled``)."""
+
+    enabled: bool = True
+    admin_key: str | None = None  # all roles, no limits; use ${ENV}
+    cache_ttl_s: float = Field(10.0, gt=0)  # a key lookup is re-read from the store after this long
+    negative_cache_ttl_s: float = Field(2.0, ge=0)  # an unknown key is remembered as unknown this long
+    max_stale_s: float = Field(3600.0, ge=0)  # store down: a cached key keeps working this long
+    cache_size: int = Field(100_000, ge=1)
+    lookup_timeout_s: float = Field(2.0, gt=0)  # a key-store read longer than this answers 503
+    on_store_error: Literal["fail_open", "fail_closed"] = "fail_closed"  # /ready when the key store is down
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key(cls, v: str | None) -> str | None:
+        if v is not None and len(v) < 16:
+            raise ValueError("must be at least 16 characters long")
+        return v
+
+
+class RedisConfig(Strict):
+    """Shared state for many replicas: rate limits, budgets, circuit breakers, the cache."""
+
+    url: str
+    key_prefix: str = Field("shipyard", pattern=r"^[A-Za-z0-9_.:\-]{1,64}$")
+    timeout_s: float = Field(0.5, gt=0)
+    connect_timeout_s: float = Field(0.5, gt=0)
+    max_connections: int = Field(256, ge=1)
+    retry_interval_s: float = Field(1.0, gt=0)  # after a failure, Redis is not tried again for this long
+    health_interval_s: float = Field(2.0, gt=0)
+    on_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    share_breakers: bool = True
+    breaker_sync_s: float = Field(1.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^(redis|rediss|unix)://", v):
+            raise ValueError("must be a redis://host:port/db, rediss://... or unix:///path URL")
+        return v
+
+
+class LimitSpec(Strict):
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    usd_per_day: float | None = Field(None, ge=0)
+    usd_per_month: float | None = Field(None, ge=0)
+
+
+class LimitsConfig(Strict):
+    backend: Literal["auto", "memory", "redis"] = "auto"  # auto: redis when a redis block is configured
+    default_max_tokens: int = Field(1024, ge=1)  # output estimate when a request sets no max_tokens
+    chars_per_token: float = Field(4.0, gt=0)  # prompt estimate: JSON characters / this
+    reservation_ttl_s: float = Field(900.0, gt=0)  # an unsettled reservation is released after this
+    teams: dict[str, LimitSpec] = Field(default_factory=dict)  # limits shared by every key of a team
+# ---- end access and shared state
+
+
 class Config(Strict):
     store: str = "sqlite:///shipyard.db"
     server: ServerConfig = ServerConfig()
@@ -190,7 +272,13 @@ class Config(Strict):
     releases: ReleasesConfig = ReleasesConfig()
     routers: dict[str, IntentRouterConfig] = Field(default_factory=dict)
     drift: DriftConfig = DriftConfig()  # scheduled drift check (docs/drift.md)
+    feedback: FeedbackConfig = FeedbackConfig()  # feedback API keys, review queue (docs/feedback.md)
+    cache: CacheConfig = CacheConfig()  # response cache (docs/configuration.md#cache)
 
+    # ---- access and shared state: virtual keys, Redis, rate limits and budgets
+    auth: AuthConfig | None = None
+    redis: RedisConfig | None = None
+    limits: LimitsConfig = LimitsConfig()
     @field_validator("store")
     @classmethod
     def _store_url(cls, v: str) -> str:
@@ -205,9 +293,14 @@ class Config(Strict):
             if not parts.hostname and "host=" not in parts.query:
                 raise ValueError("a postgresql:// URL needs a host: postgresql://user:pass@host:port/db")
             return v
+        if v.startswith(("clickhouse://", "clickhouses://")):  # ClickHouse (store/clickhouse.py)
+            from .store.clickhouse import parse_url
+
+            parse_url(v)  # raises ValueError naming what is wrong
+            return v
         if not v.startswith("sqlite://") and v not in (":memory:", "none"):
             raise ValueError("must be a sqlite:///path URL, a postgresql://user:pass@host:port/db URL, "
-                             "':memory:' or 'none'")
+                             "a clickhouse://user:pass@host:8123/db URL, ':memory:' or 'none'")
         return v
 
     @model_validator(mode="after")
@@ -222,11 +315,25 @@ class Config(Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _access_needs(self) -> "Config":  # access: keys live in the store; limits.backend redis needs redis
+        if self.auth is not None and self.auth.enabled and self.store == "none":
+            raise ValueError("auth: virtual keys live in the store; configure store: sqlite:///... or "
+                             "postgresql://... (not none)")
+        if self.limits.backend == "redis" and self.redis is None:
+            raise ValueError("limits.backend: 'redis' needs a redis block (redis.url)")
+        return self
+
     def config_hash(self) -> str:
         """A short stable hash of the effective config, with secrets left out."""
         data = self.model_dump(mode="json")
         for p in data.get("providers", {}).values():
             p.pop("api_key", None)
+        data.get("feedback", {}).pop("api_keys", None)  # feedback: secrets stay out of the hash
+        if data.get("auth"):  # access: the admin key and the Redis URL (may hold a password)
+            data["auth"].pop("admin_key", None)
+        if data.get("redis"):
+            data["redis"].pop("url", None)
         return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
@@ -330,5 +437,8 @@ def load_config(source: str | Path | dict[str, Any] | Config | None = None) -> C
     from .releases.config import validate_releases
 
     validate_releases(cfg)
+    from .cache.config import validate_cache
+
+    validate_cache(cfg)
     return cfg
 

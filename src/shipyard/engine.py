@@ -68,6 +68,11 @@ class Engine:
         from .releases import Releases
 
         self.releases = Releases(self)
+        # ---- cache (cache/): exact and semantic response cache; None unless an alias caches
+        from .cache.core import ResponseCache
+
+        self.cache = ResponseCache.for_engine(self)
+        # ---- end cache
         self._started = False
         self._start_lock: asyncio.Lock | None = None
 
@@ -85,9 +90,13 @@ class Engine:
                 self.otlp_exporter.start()
             await asyncio.gather(*(p.start() for p in self.providers.values()))
             await self.guards.start()
+            if self.cache is not None:  # cache
+                await self.cache.start()
             self._started = True
 
     async def close(self) -> None:
+        if self.cache is not None:  # cache: finish writes in flight
+            await self.cache.close()
         for p in self.providers.values():
             try:
                 await p.close()
@@ -228,6 +237,11 @@ class Engine:
             if early is not None:
                 return early
         span.input = req.body
+        cached = await self._cache_lookup(req, router, span, attempts)  # cache: before routing
+        if cached is not None and cached.hit is not None:
+            resp = cached.response()
+            self._finish_cached(span, cached, resp)
+            return resp
 
         async def op(target: ResolvedTarget) -> dict[str, Any]:
             return await target.provider.chat(self._body(req, target), target.timeouts)
@@ -254,6 +268,8 @@ class Engine:
                 raise
         span.output = resp
         self._finish(span, target, resp, attempts)
+        if cached is not None:  # cache: store the answer (never errors, refusals, fallback_response)
+            cached.store(resp, span)
         self.releases.after_success(req, span, resp)  # releases: shadow dispatch, fire and forget
         return resp
 
@@ -315,6 +331,10 @@ class Engine:
             if early is not None:
                 return _replay(early)
         span.input = req.body
+        cached = await self._cache_lookup(req, router, span, attempts)  # cache: before routing
+        if cached is not None and cached.hit is not None:
+            span.ttft_ms = round((time.time() - span.start_time) * 1000, 3)
+            return self._replay_cached(req, span, cached)
 
         async def op(target: ResolvedTarget) -> tuple[Any, dict[str, Any]]:
             body = self._body(req, target)
@@ -357,10 +377,11 @@ class Engine:
                 raise
             agen, target = guarded, guard.final_target or target
         span.ttft_ms = round((time.time() - span.start_time) * 1000, 3)
-        return self._relay(agen, first, req, span, target, attempts)
+        return self._relay(agen, first, req, span, target, attempts, cached)
 
     async def _relay(self, agen: Any, first: dict[str, Any], req: ChatRequest, span: Span,
-                     target: ResolvedTarget, attempts: list[Attempt]) -> AsyncIterator[dict[str, Any]]:
+                     target: ResolvedTarget, attempts: list[Attempt],
+                     cached: Any = None) -> AsyncIterator[dict[str, Any]]:
         acc = StreamAccumulator()
         want_usage = req.include_usage
         chunk: dict[str, Any] | None = first
@@ -392,6 +413,8 @@ class Engine:
         resp = acc.response()
         span.output = resp
         self._finish(span, target, resp, attempts)
+        if cached is not None:  # cache: store the assembled completion
+            cached.store(resp, span)
         self.releases.after_success(req, span, resp)  # releases: shadow dispatch, fire and forget
 
     async def _fallback_stream(self, router: Router, req: ChatRequest, span: Span,
@@ -406,6 +429,35 @@ class Engine:
             yield {**base, "choices": [{"index": i, "delta": {}, "finish_reason": "stop"}]}
         span.output = resp
         self._finish(span, None, resp, attempts)
+
+    # ---- cache (cache/) ------------------------------------------------------------
+    async def _cache_lookup(self, req: ChatRequest, router: Any, span: Span, attempts: list[Attempt]) -> Any:
+        """The request's cache lookup (None: the alias does not cache); a bad
+        ``metadata.cache`` is a recorded 400."""
+        if self.cache is None:
+            return None
+        try:
+            return await self.cache.lookup(req, router, span)
+        except BaseException as exc:
+            self._fail(span, exc, attempts)
+            raise
+
+    def _finish_cached(self, span: Span, cached: Any, resp: dict[str, Any]) -> None:
+        """Record a cache hit: the original's lineage and tokens, cost 0.0 (known to be free)."""
+        span.end_time = time.time()
+        cached.record_hit(span, resp)
+        for listener in self.span_listeners:
+            listener(span)
+        self.recorder.record(span)
+
+    async def _replay_cached(self, req: ChatRequest, span: Span, cached: Any) -> AsyncIterator[dict[str, Any]]:
+        resp = cached.response()
+        try:
+            for chunk in cached.chunks(resp, req.include_usage):
+                yield chunk
+        finally:
+            self._finish_cached(span, cached, resp)
+    # ---- end cache
 
     # ---- embeddings ----------------------------------------------------------------
     async def embed(self, model: str, body: dict[str, Any], span: Span) -> dict[str, Any]:

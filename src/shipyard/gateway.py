@@ -183,6 +183,31 @@ class Gateway:
     def embeddings(self, **kwargs: Any) -> Any:
         return self._sync().run(self.aembeddings(**kwargs))
 
+    # ---- feedback (docs/feedback.md) -----------------------------------------------
+    def feedback(self, trace_id: str | None = None, *, kind: str, value: Any = None, completion_id: str | None = None,
+                 span_id: str | None = None, text: str | None = None, label: str | None = None,
+                 scale: list[float] | None = None, source: str = "end_user", user_id: str | None = None,
+                 session_id: str | None = None, metadata: dict[str, Any] | None = None,
+                 idempotency_key: str | None = None) -> dict[str, Any]:
+        """Record feedback on a call, addressed by ``trace_id`` (``resp.trace_id``) or
+        ``completion_id`` (``resp.id``): ``kind`` thumbs (value "up"/"down"), score, label,
+        comment, correction, accepted, edited, ignored, regenerated or copied. Returns the
+        stored event (``duplicate: True`` when ``idempotency_key`` was already used).
+        Blocking (a store write); from async code use ``afeedback``."""
+        from .feedback.model import parse_feedback
+        from .feedback.service import service_for
+
+        body = {"trace_id": trace_id, "completion_id": completion_id, "span_id": span_id, "kind": kind,
+                "value": value, "text": text, "label": label, "scale": scale, "source": source, "user_id": user_id,
+                "session_id": session_id, "metadata": metadata, "idempotency_key": idempotency_key}
+        fb = parse_feedback({k: v for k, v in body.items() if v is not None})
+        row, _ = service_for(self.engine).record(fb, "library")
+        return row
+
+    async def afeedback(self, trace_id: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """``feedback`` from async code (the store write runs in a worker thread)."""
+        return await asyncio.to_thread(lambda: self.feedback(trace_id, **kwargs))
+
     def close(self) -> None:
         if self._loop_thread is not None:
             self._loop_thread.run(self.aclose())

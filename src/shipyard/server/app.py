@@ -9,11 +9,13 @@ from typing import Any, AsyncIterator, Awaitable, TypeVar
 
 import orjson
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from ..cache.keys import REQUEST_CACHE_CONTROL
 from ..engine import Engine
 from ..errors import GatewayError, InvalidRequest, PayloadTooLarge
 from ..tracing.context import parse_traceparent
@@ -59,6 +61,12 @@ def create_app(engine: Engine) -> Starlette:
     trace_header = cfg.trace_header
     limit = cfg.max_body_bytes
 
+    # ---- access (access/): keys, roles, rate limits, budgets, shared state; None = open as before
+    from ..access.runtime import build_access
+
+    access = build_access(engine)
+    # ---- end access
+
     def start_span(request: Request, kind: str, name: str, user: str | None, metadata: dict[str, Any]):
         parent = parse_traceparent(request.headers.get("traceparent"))
         trace_id, parent_id = parent if parent else (None, None)
@@ -73,19 +81,32 @@ def create_app(engine: Engine) -> Starlette:
             return Response(status_code=499)
         span = start_span(request, "llm", "chat " + req.model, req.user, req.metadata)
         headers = {trace_header: span.trace_id}
+        REQUEST_CACHE_CONTROL.set(request.headers.get("cache-control"))  # cache: no-store, no-cache, max-age
+        lease = None  # ---- access: the key's aliases, rate limits, budget reservation (settled when done)
+        if access is not None:
+            try:
+                lease = await access.admit(request, req.model, req.body, span)
+            except GatewayError as exc:
+                return error_response(exc, headers)
         try:
             if not req.stream:
-                resp = await until_disconnect(request, engine.complete(req, span))
+                call = engine.complete(req, span)
+                resp = await until_disconnect(request, call if lease is None else lease.run(call, span))
                 if resp is None:
                     return Response(status_code=499)
+                if "cache" in span.attributes:  # cache: hit | miss | bypass
+                    headers["x-shipyard-cache"] = span.attributes["cache"]
                 return json_response(resp, headers=headers)
-            chunks = await until_disconnect(request, engine.open_stream(req, span))
+            call = engine.open_stream(req, span)
+            chunks = await until_disconnect(request, call if lease is None else lease.run_stream(call, span))
             if chunks is None:
                 return Response(status_code=499)
         except GatewayError as exc:
             return error_response(exc, headers)
         if span.attributes.get("fallback_response"):
             headers["x-shipyard-fallback"] = "true"
+        if "cache" in span.attributes:  # cache: hit | miss | bypass
+            headers["x-shipyard-cache"] = span.attributes["cache"]
         return StreamingResponse(sse(chunks), media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
 
@@ -99,8 +120,15 @@ def create_app(engine: Engine) -> Starlette:
         user = body.get("user") if isinstance(body.get("user"), str) else None
         span = start_span(request, "embedding", "embeddings " + model, user, {})
         headers = {trace_header: span.trace_id}
+        lease = None  # ---- access: the key's aliases, rate limits, budget reservation
+        if access is not None:
+            try:
+                lease = await access.admit(request, model, body, span, embeddings=True)
+            except GatewayError as exc:
+                return error_response(exc, headers)
         try:
-            resp = await until_disconnect(request, engine.embed(model, body, span))
+            call = engine.embed(model, body, span)
+            resp = await until_disconnect(request, call if lease is None else lease.run(call, span))
             if resp is None:
                 return Response(status_code=499)
             return json_response(resp, headers=headers)
@@ -128,8 +156,14 @@ def create_app(engine: Engine) -> Starlette:
         return json_response({"status": "ok"})
 
     async def ready(request: Request) -> Response:
-        state = engine.ready()
+        state = await run_in_threadpool(engine.ready)  # a store ping may block: not on the loop
         state["recorder"] = engine.recorder.stats()
+        if access is not None:  # ---- access: Redis / key store per their fail_open|fail_closed policy
+            deps = state["access"] = access.ready()
+            if not state["store"] and engine.config.auth is not None and engine.config.auth.on_store_error == "fail_open":
+                state["ready"] = engine._started and all(state["providers"].values())
+            deps_ready = deps.pop("ready")
+            state["ready"] = state["ready"] and deps_ready
         return json_response(state, 200 if state["ready"] else 503)
 
     async def not_found(request: Request, exc: HTTPException) -> Response:
@@ -151,10 +185,16 @@ def create_app(engine: Engine) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await engine.start()
+        if access is not None:  # ---- access: Redis link, breaker sync, key-store health
+            await access.start()
         try:
             yield
         finally:
+            if access is not None:  # settle pending budget reservations before the engine closes
+                await access.close()
             await engine.close()
+            if access is not None:  # the shared Redis clients (limits, cache) go last
+                await access.close_clients()
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -169,12 +209,28 @@ def create_app(engine: Engine) -> Starlette:
     from .features import feature_routes
 
     routes += feature_routes(engine)
+    # ---- access: /api/keys admin routes; the auth middleware on every route but the probes
+    from .admin_keys import routes as key_routes
+
+    routes += key_routes(engine, access)
+    middleware = []
+    if access is not None:
+        access.register_metrics(engine)
+        if access.auth_on:
+            from starlette.middleware import Middleware
+
+            from ..access.middleware import AccessMiddleware
+
+            middleware.append(Middleware(AccessMiddleware, access=access))
+    # ---- end access
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=middleware,  # access
         exception_handlers={HTTPException: not_found, Exception: internal_error},
     )
     app.state.engine = engine
+    app.state.access = access  # access: read by access.require_role()
     return app
 
 

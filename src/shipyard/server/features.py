@@ -16,6 +16,9 @@ FEATURES: list[str] = [
     "shipyard.server.metrics:metrics_routes",  # GET /metrics (Prometheus)
     "shipyard.server.admin_prompts:routes",  # /api/prompts (admin), /api/shadow, /api/experiments, /ui/prompts
     "shipyard.drift.ui:routes",  # /ui/drift, /api/drift, /api/drift/latest; the scheduled drift check
+    # feedback (docs/feedback.md): POST /api/feedback, /api/outcomes; GET /api/feedback[/stats], /api/traces/{id}/feedback
+    "shipyard.server.feedback_routes:routes",
+    "shipyard.server.review_ui:routes",  # /ui/review (the review queue), /api/review/* (queue, labels, datasets)
 ]
 
 

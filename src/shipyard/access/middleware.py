@@ -1,0 +1,87 @@
+"""The access check in front of every route when ``auth`` is on (a pure ASGI middleware).
+
+| paths | who may call |
+|---|---|
+| /health, /ready, /metrics | anyone (probes and scrapers; restrict /metrics at the proxy) |
+| /api/feedback*, /api/outcomes* | checked by their own module; a valid key is attached if given |
+| /api/keys* | the admin key or a key with the ``admin`` role |
+| /api/*, /ui* | GET/HEAD: a ``viewer`` or ``admin`` key; other methods: ``admin`` |
+| everything else (the OpenAI API, /v1/traces) | any valid key |
+
+Keys come as ``Authorization: Bearer <key>`` (or ``x-api-key``). Browsers on /ui (and the
+page's own GET /api calls) may use HTTP Basic with the key as the password: a 401 on /ui
+asks the browser for it. Basic is never accepted for writes, so another site cannot make a
+logged-in browser change anything (no CSRF). The authenticated KeyRecord is put in
+``request.state.principal``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.datastructures import Headers
+
+from ..errors import GatewayError
+from .auth import Forbidden, token_from_headers
+from .runtime import has_role
+
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+OWN_AUTH_PREFIXES = ("/api/feedback", "/api/outcomes")
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+def _is_under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+class AccessMiddleware:
+    def __init__(self, app: Any, access: Any) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        headers = Headers(scope=scope)
+        auth = self.access.auth
+        if path.startswith(OWN_AUTH_PREFIXES):
+            token = token_from_headers(headers, allow_basic=False)
+            if token:
+                try:
+                    scope.setdefault("state", {})["principal"] = await auth.authenticate(token)
+                except GatewayError:
+                    pass
+            await self.app(scope, receive, send)
+            return
+        ui = _is_under(path, "/ui")
+        admin_area = ui or _is_under(path, "/api")
+        read = method in READ_METHODS
+        try:
+            key = await auth.authenticate(token_from_headers(headers, allow_basic=admin_area and read))
+            if admin_area:
+                role = "admin" if (_is_under(path, "/api/keys") or not read) else "viewer"
+                if not has_role(key, role):
+                    self.access.metrics.decision("forbidden")
+                    raise Forbidden(f"The {key.label} lacks the '{role}' role needed for {method} {path} "
+                                    f"(it has: {', '.join(sorted(key.roles)) or 'no roles'}).",
+                                    code="permission_denied")
+        except GatewayError as exc:
+            extra = {"www-authenticate": 'Basic realm="shipyard", charset="UTF-8"'} if ui and exc.status == 401 else None
+            await _send_error(send, exc, extra)
+            return
+        scope.setdefault("state", {})["principal"] = key
+        await self.app(scope, receive, send)
+
+
+async def _send_error(send: Any, exc: GatewayError, extra: dict[str, str] | None) -> None:
+    import orjson
+
+    body = orjson.dumps(exc.to_dict())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    for k, v in {**exc.headers, **(extra or {})}.items():
+        headers.append((k.lower().encode(), str(v).encode()))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
