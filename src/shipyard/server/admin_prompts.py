@@ -93,6 +93,12 @@ def routes(engine: Any) -> list[Any]:
     token = cfg.releases.admin_token
 
     def authorize(request: Request) -> None:
+        access = getattr(request.app.state, "access", None)
+        if access is not None and access.auth_on:  # one key system when auth is on: the admin role
+            from ..access.runtime import require_role
+
+            require_role(request, "admin")
+            return
         if token is not None:
             got = request.headers.get("authorization", "")
             if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
