@@ -35,7 +35,9 @@ def config(up, redis_url, key_prefix, store, **extra):
         "prices": PRICES,
         "auth": {"admin_key": ADMIN},
         "redis": {"url": redis_url, "key_prefix": key_prefix, "retry_interval_s": 0.2, "health_interval_s": 0.2,
-                  "breaker_sync_s": 0.2},
+                  # generous: on a loaded CI box a slow Redis reply must not look like an outage
+                  # (that is what fail_open is for, and it would make exactness tests lie)
+                  "breaker_sync_s": 0.2, "timeout_s": 5},
     }
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):

@@ -150,25 +150,30 @@ def _candidates(store: Any, start: float, end: float, where: dict[str, str]) -> 
     """Trace ids with feedback in the window (by the call's time) or with a review, in chunks."""
     q = store.dialect.q
     seen: set[str] = set()
-    last: tuple[int, str] | None = None
+    last: tuple[int, float, str] | None = None
     src = " AND source = ?" if "source" in where else ""
     while True:
         args: list[Any] = [int(start), int(end) + 1] + ([where["source"]] if src else [])
         cond = "trace_ts >= ? AND trace_ts < ?" + src
         if last is not None:
-            cond += " AND (trace_ts, trace_id) > (?, ?)"
+            cond += " AND (trace_ts, trace_time, trace_id) > (?, ?, ?)"
             args += list(last)
+        # earliest call first (exact time, not just the second): of two identical examples,
+        # the first one recorded is kept, whatever the random trace ids
         with store._read() as cur:
-            cur.execute(q(f"SELECT DISTINCT trace_ts, trace_id FROM feedback WHERE {cond} "
-                          "ORDER BY trace_ts, trace_id LIMIT ?"), (*args, CHUNK))
+            cur.execute(q(f"SELECT DISTINCT trace_ts, trace_time, trace_id FROM feedback WHERE {cond} "
+                          "ORDER BY trace_ts, trace_time, trace_id LIMIT ?"), (*args, CHUNK))
             rows = cur.fetchall()
-        fresh = [t for _, t in rows if t not in seen]
-        seen.update(fresh)
+        fresh = []
+        for _, _, t in rows:
+            if t not in seen:
+                seen.add(t)
+                fresh.append(t)
         if fresh:
             yield fresh
         if len(rows) < CHUNK:
             break
-        last = (int(rows[-1][0]), rows[-1][1])
+        last = (int(rows[-1][0]), float(rows[-1][1]), rows[-1][2])
     if "source" in where and where["source"] != "annotator":
         return
     batch: list[str] = []
