@@ -481,29 +481,38 @@ def test_cursor_pagination_with_filters_and_search(store: Any) -> None:
         assert len(seen) == len(set(seen))
 
 
-@pytest.mark.parametrize("sparse,probe", [(10**9, 5000), (0, 5000), (0, 4), (0, 1)])
-def test_sqlite_search_strategies_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        sparse: int, probe: int) -> None:
-    """SQLite looks rare words up in the index and checks common ones trace by trace over the
-    newest traces first, then falls back to the index: every way gives the same pages.
-    (PostgreSQL's planner makes that choice by itself.)"""
-    import shipyard.store.sqlite as sqlite_store
-
-    store = open_store(f"sqlite:///{tmp_path}/search.db")
-
-    monkeypatch.setattr(sqlite_store, "SPARSE_TERM_DOCS", sparse)
-    monkeypatch.setattr(sqlite_store, "PROBE_TRACES", probe)
+@pytest.mark.parametrize("common,probe", [(False, 5000), (True, 5000), (True, 4), (True, 1)])
+def test_search_strategies_agree(store: Any, monkeypatch: pytest.MonkeyPatch, common: bool, probe: int) -> None:
+    """Rare words are looked up in the index; common ones are checked trace by trace over the
+    newest traces, then the older ones through the index: every way gives the same pages."""
+    monkeypatch.setattr(store, "_common", lambda cur, terms, since: common)
+    monkeypatch.setattr(store, "probe_traces", probe)
     now = time.time()
     spans = [span(start=now - 200 + i // 2, input={"t": "needle" if i % 3 == 0 else "hay"}, user_id=f"u{i % 2}")
              for i in range(90)]
+    spans.append(span(start=now - 9 * DAY, input={"t": "needle"}))  # outside the window
     store.write_spans(spans, dump)
     for kw in ({}, {"user_id": "u1"}):
         want = [s.trace_id for s in sorted(spans, key=lambda s: (s.start_time, s.trace_id), reverse=True)
-                if s.input["t"] == "needle" and kw.get("user_id", s.user_id) == s.user_id]
+                if s.input["t"] == "needle" and kw.get("user_id", s.user_id) == s.user_id
+                and s.start_time > now - DAY]
         seen = [tid for p in all_pages(store, limit=4, q="needle", **kw) for tid in p]
         assert seen == want
         assert [tid for p in all_pages(store, limit=50, q="needle", **kw) for tid in p] == want
-    store.close()
+
+
+def test_common_words_are_told_from_rare_ones(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shipyard.store.postgres as pg
+    import shipyard.store.sqlite as lite
+
+    monkeypatch.setattr(lite, "SPARSE_TERM_DOCS", 10)
+    monkeypatch.setattr(pg, "SPARSE_MATCHES", 10)
+    store.write_spans([span(input={"t": f"often {'seldom' if i == 0 else ''}"}) for i in range(20)], dump)
+    with store._read() as cur:
+        assert store._common(cur, ["often"], time.time() - DAY)
+        assert not store._common(cur, ["seldom"], time.time() - DAY)
+        assert not store._common(cur, ["often", "seldom"], time.time() - DAY)
+        assert not store._common(cur, ["never"], time.time() - DAY)
 
 
 def test_exact_page_has_no_dangling_cursor(store: Any) -> None:

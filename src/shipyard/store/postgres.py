@@ -16,9 +16,10 @@ import orjson
 from ..errors import ConfigError
 from .base import StoreUnavailable
 from .schema import SEARCH_TEXT_MAX
-from .sql import POSTGRESQL, SPAN_COLUMNS, UPSERTS, SQLStore, _dicts, _in
+from .sql import POSTGRESQL, SPAN_COLUMNS, UPSERTS, SQLStore, _in
 
 MIGRATION_LOCK = int.from_bytes(b"Shipyard", "big")  # pg_advisory_xact_lock key
+SPARSE_MATCHES = 5_000  # free-text search: more matching spans in the window is "common"
 
 _FLOAT = {"start_time", "end_time", "duration_ms", "cost_usd", "ttft_ms"}
 _INT = {"input_tokens", "output_tokens", "cached_tokens"}
@@ -225,17 +226,31 @@ class PostgresStore(SQLStore):
         cur.execute(self.dialect.q(f"DELETE FROM span_search WHERE trace_id IN {_in(trace_ids)}"), trace_ids)
 
     # ---- search -------------------------------------------------------------------
+    # The planner's estimate for a word it has no statistics on is far too high, so left to
+    # itself it walks every trace looking for a rare word; SQLStore._search decides instead.
+    def _match_in(self, terms: list[str], since: float) -> tuple[str, list[Any]]:
+        # ARRAY(...) runs once, through the GIN index; the traces are then read by key
+        return ("t.trace_id = ANY(ARRAY(SELECT x.trace_id FROM span_search x "
+                "WHERE x.tsv @@ CAST(? AS tsquery) AND x.start_time >= ?))", [tsquery_literal(terms), since])
+
+    def _match_exists(self, terms: list[str]) -> tuple[str, list[Any]]:
+        return ("EXISTS (SELECT 1 FROM span_search x WHERE x.trace_id = t.trace_id "
+                "AND x.tsv @@ CAST(? AS tsquery))", [tsquery_literal(terms)])
+
     def _search(self, cur: Any, where: list[str], args: list[Any], terms: list[str],
                 since: float, limit: int) -> list[dict[str, Any]]:
-        # the planner picks between walking recent traces (common words) and the GIN index
-        # (rare words) from the statistics it keeps on the tsvector column
-        cur.execute(self.dialect.q(
-            f"SELECT {self._trace_cols} FROM traces t WHERE {' AND '.join(where)} AND EXISTS ("
-            "SELECT 1 FROM span_search x WHERE x.trace_id = t.trace_id AND x.start_time >= ? "
-            "AND x.tsv @@ CAST(? AS tsquery)) "
-            "ORDER BY t.start_time DESC, t.trace_id DESC LIMIT ?"
-        ), (*args, since, tsquery_literal(terms), limit))
-        return _dicts(cur)
+        # and a plan that reads every row of span_search would take seconds: never that
+        with cur.connection.transaction():
+            cur.execute("SET LOCAL enable_seqscan = off")
+            return super()._search(cur, where, args, terms, since, limit)
+
+    def _common(self, cur: Any, terms: list[str], since: float) -> bool:
+        cur.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM span_search x WHERE x.tsv @@ CAST(%s AS tsquery) "
+            "AND x.start_time >= %s LIMIT %s) c",
+            (tsquery_literal(terms), since, SPARSE_MATCHES + 1),
+        )
+        return cur.fetchone()[0] > SPARSE_MATCHES
 
     # ---- lifecycle ----------------------------------------------------------------
     def ping(self) -> bool:

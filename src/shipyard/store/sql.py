@@ -187,6 +187,7 @@ class SQLStore:
     """The shared implementation; subclasses provide connections and dialect specifics."""
 
     dialect: Dialect = SQLITE
+    probe_traces = 5_000  # common search terms: how many of the newest traces to check one by one
 
     def __init__(self) -> None:
         self._sql_upsert = {k: u.values_sql(self.dialect) for k, u in UPSERTS.items()}
@@ -228,10 +229,44 @@ class SQLStore:
     def _unindex_text(self, cur: Any, trace_ids: list[str]) -> None:
         raise NotImplementedError
 
+    # Free text: the backend says how to test "a span of trace t holds every term" in two
+    # ways, and whether the terms are common; _search picks the way.
+    def _match_in(self, terms: list[str], since: float) -> tuple[str, list[Any]]:
+        """A condition on ``t`` through the search index: the matching spans that started
+        since ``since`` are found first (cost grows with their number)."""
+        raise NotImplementedError
+
+    def _match_exists(self, terms: list[str]) -> tuple[str, list[Any]]:
+        """A condition on ``t`` checked trace by trace (cheap per trace)."""
+        raise NotImplementedError
+
+    def _common(self, cur: Any, terms: list[str], since: float) -> bool:
+        """Whether the terms match so many spans that checking the newest traces one by one
+        beats collecting every match."""
+        raise NotImplementedError
+
     def _search(self, cur: Any, where: list[str], args: list[Any], terms: list[str],
                 since: float, limit: int) -> list[dict[str, Any]]:
-        """Trace rows matching ``where`` that have a span whose text holds every term."""
-        raise NotImplementedError
+        """Trace rows matching ``where`` that have a span whose text holds every term, newest
+        first. Rare terms: through the index. Common terms: the newest PROBE_TRACES traces
+        are checked one by one, and only if that does not fill the page are the older ones
+        looked up through the index. Either way the cost is bounded by the time window."""
+        if not self._common(cur, terms, since):
+            cond, params = self._match_in(terms, since)
+            return self._select_traces(cur, where + [cond], args + params, limit)
+        cur.execute(self.dialect.q(
+            f"SELECT t.start_time, t.trace_id FROM traces t WHERE {' AND '.join(where)} "
+            "ORDER BY t.start_time DESC, t.trace_id DESC LIMIT 1 OFFSET ?"
+        ), (*args, self.probe_traces - 1))
+        edge = [tuple(r) for r in cur.fetchall()]
+        cond, params = self._match_exists(terms)
+        newest = where + (["(t.start_time, t.trace_id) >= (?, ?)"] if edge else [])
+        rows = self._select_traces(cur, newest + [cond], args + list(edge[0] if edge else ()) + params, limit)
+        if len(rows) >= limit or not edge:
+            return rows
+        cond, params = self._match_in(terms, since)
+        older = where + ["(t.start_time, t.trace_id) < (?, ?)", cond]
+        return rows + self._select_traces(cur, older, args + list(edge[0]) + params, limit - len(rows))
 
     # ---- schema -------------------------------------------------------------------
     def migrate(self) -> list[tuple[str, int]]:

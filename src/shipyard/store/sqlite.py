@@ -15,13 +15,14 @@ from typing import Any, Iterator
 
 from .migrations import CREATE_TABLE
 from .schema import SQLITE_SEARCH_TEXT, TIME_ID_SHIFT, time_id_floor
-from .sql import SPAN_COLUMNS, SQLITE, SQLStore, _dicts, _in
+from .sql import SPAN_COLUMNS, SQLITE, SQLStore, _in
 
-# Free-text search: a term in at most this many spans is looked up in the index first
-# (cost grows with its matches); a commoner one is checked trace by trace, newest first,
-# over at most PROBE_TRACES traces before falling back to the index for older ones.
+# Free-text search (SQLStore._search): terms in more spans than this are "common".
 SPARSE_TERM_DOCS = 20_000
-PROBE_TRACES = 5_000
+
+
+def _fts_query(terms: list[str]) -> str:
+    return " ".join(f'"{t}"' for t in terms)  # each term a single token: all must occur
 
 
 def _path(url: str) -> str:
@@ -167,38 +168,20 @@ class SQLiteStore(SQLStore):
         cur.execute(self._fts_sql("'delete'", f"s.trace_id IN {_in(trace_ids)}"), trace_ids)
 
     # ---- search -------------------------------------------------------------------
-    def _search(self, cur: sqlite3.Cursor, where: list[str], args: list[Any], terms: list[str],
-                since: float, limit: int) -> list[dict[str, Any]]:
-        match = " ".join(f'"{t}"' for t in terms)
-        floor = time_id_floor(since)  # the spans of a trace in the window start in it too
-        order = "ORDER BY t.start_time DESC, t.trace_id DESC LIMIT ?"
-        by_index = (
-            f"SELECT {self._trace_cols} FROM traces t WHERE {{where}} AND t.trace_id IN ("
-            "SELECT s.trace_id FROM spans_fts JOIN spans s ON s.rowid = spans_fts.rowid "
-            f"WHERE spans_fts MATCH ? AND spans_fts.rowid >= ?) {order}"
-        )
+    def _match_in(self, terms: list[str], since: float) -> tuple[str, list[Any]]:
+        # the FTS rowid is the span's time id: the window bounds the index scan itself
+        return ("t.trace_id IN (SELECT s.trace_id FROM spans_fts JOIN spans s ON s.rowid = spans_fts.rowid "
+                "WHERE spans_fts MATCH ? AND spans_fts.rowid >= ?)", [_fts_query(terms), time_id_floor(since)])
+
+    def _match_exists(self, terms: list[str]) -> tuple[str, list[Any]]:
+        return ("EXISTS (SELECT 1 FROM spans s JOIN spans_fts ON spans_fts.rowid = s.rowid "
+                "WHERE s.trace_id = t.trace_id AND spans_fts MATCH ?)", [_fts_query(terms)])
+
+    def _common(self, cur: sqlite3.Cursor, terms: list[str], since: float) -> bool:
+        # spans holding the rarest term, over all time (the vocabulary keeps no times)
         cur.execute(f"SELECT term, doc FROM spans_fts_vocab WHERE term IN {_in(terms)}", terms)
         docs = dict(cur.fetchall())
-        if min(docs.get(t, 0) for t in terms) <= SPARSE_TERM_DOCS:
-            cur.execute(by_index.format(where=" AND ".join(where)), (*args, match, floor, limit))
-            return _dicts(cur)
-        # Common words: check the newest traces one by one, then the older ones through the index.
-        cur.execute(f"SELECT t.start_time, t.trace_id FROM traces t WHERE {' AND '.join(where)} "
-                    "ORDER BY t.start_time DESC, t.trace_id DESC LIMIT 1 OFFSET ?", (*args, PROBE_TRACES - 1))
-        edge = cur.fetchall()
-        newest = where + (["(t.start_time, t.trace_id) >= (?, ?)"] if edge else [])
-        cur.execute(
-            f"SELECT {self._trace_cols} FROM traces t WHERE {' AND '.join(newest)} AND EXISTS ("
-            "SELECT 1 FROM spans s JOIN spans_fts ON spans_fts.rowid = s.rowid "
-            f"WHERE s.trace_id = t.trace_id AND spans_fts MATCH ?) {order}",
-            (*args, *(edge[0] if edge else ()), match, limit),
-        )
-        rows = _dicts(cur)
-        if len(rows) >= limit or not edge:
-            return rows
-        older = where + ["(t.start_time, t.trace_id) < (?, ?)"]
-        cur.execute(by_index.format(where=" AND ".join(older)), (*args, *edge[0], match, floor, limit - len(rows)))
-        return rows + _dicts(cur)
+        return min(docs.get(t, 0) for t in terms) > SPARSE_TERM_DOCS
 
     # ---- lifecycle ----------------------------------------------------------------
     def ping(self) -> bool:
