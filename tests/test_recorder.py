@@ -342,3 +342,29 @@ def test_capture_bodies_false_stores_no_payloads(store: SQLiteStore) -> None:
     assert got["input"] is None and got["output"] is None
     assert (got["input_tokens"], got["output_tokens"], got["cost_usd"]) == (3, 2, 0.01)
     assert got["alias"] == "chat"
+
+
+def test_retention_purges_old_traces_in_the_writer_thread(tmp_path):
+    import time as _time
+
+    from shipyard.config import RecordingConfig
+    from shipyard.store import open_store
+    from shipyard.tracing.recorder import Recorder
+    from shipyard.tracing.span import Span, new_span_id, new_trace_id
+
+    store = open_store(f"sqlite:///{tmp_path}/ret.db")
+    now = _time.time()
+    old = Span(trace_id=new_trace_id(), span_id=new_span_id(), name="old", start_time=now - 40 * 86400,
+               end_time=now - 40 * 86400 + 1)
+    fresh = Span(trace_id=new_trace_id(), span_id=new_span_id(), name="fresh", start_time=now - 60, end_time=now)
+    store.write_spans([old, fresh], lambda v: None)
+    rec = Recorder(store, RecordingConfig(retention_days=30, flush_interval_s=0.05))
+    rec.start()
+    deadline = _time.monotonic() + 10
+    while rec.purged == 0 and _time.monotonic() < deadline:
+        _time.sleep(0.05)
+    rec.close()
+    assert rec.purged == 1
+    assert store.get_trace(old.trace_id) is None
+    assert store.get_trace(fresh.trace_id) is not None
+    store.close()

@@ -111,6 +111,8 @@ class RecordingConfig(Strict):
     redact_keys: list[str] = Field(default_factory=list)
     redact_patterns: list[str] = Field(default_factory=list)
     max_payload_bytes: int = Field(64 * 1024, ge=256)
+    retention_days: float | None = Field(None, gt=0)  # traces older than this are purged
+    purge_interval_s: float = Field(3600.0, gt=0)
 
     @field_validator("redact_patterns")
     @classmethod

@@ -29,6 +29,10 @@ class Recorder:
         self.maxsize = cfg.queue_size
         self.batch_size = cfg.batch_size
         self.interval = cfg.flush_interval_s
+        self.retention_s = cfg.retention_days * 86400 if cfg.retention_days else None
+        self.purge_interval = cfg.purge_interval_s
+        self._last_purge: float | None = None
+        self.purged = 0
         redactor = Redactor(cfg.redact_keys, cfg.redact_patterns, cfg.max_payload_bytes)
         self._dump: Callable[[Any], str | None] = redactor.dump if cfg.capture_bodies else (lambda v: None)
         self._redact = redactor.redact
@@ -78,6 +82,7 @@ class Recorder:
             self._wake.wait(self.interval)
             self._wake.clear()
             self._drain()
+            self._maybe_purge()
             if self._stop and not self._q:
                 return
 
@@ -121,6 +126,19 @@ class Recorder:
                 except Exception:
                     log.exception("recorder: listener failed")
         self._idle.set()
+
+    def _maybe_purge(self) -> None:
+        """Retention, in the writer thread: at start and then every purge interval."""
+        if self.retention_s is None or not hasattr(self.store, "purge"):
+            return
+        now = time.monotonic()
+        if self._last_purge is not None and now - self._last_purge < self.purge_interval:
+            return
+        self._last_purge = now
+        try:
+            self.purged += self.store.purge(time.time() - self.retention_s)
+        except Exception as exc:  # retried at the next interval; recording goes on
+            log.warning("recorder: retention purge failed (%s)", type(exc).__name__)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (or the timeout passes)."""
