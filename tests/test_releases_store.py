@@ -95,7 +95,8 @@ def test_shadow_results_and_experiment_outcomes(store: Any) -> None:
     rows = []
     for i in range(4):
         rows.append({"id": uuid.uuid4().hex, "ts": now, "alias": "chat", "candidate": "c", "target": "q/m",
-                     "trace_id": f"t{i}", "span_id": f"s{i}", "status": "ok" if i else "error",
+                     # hex ids that also read as numbers ("605e7563...") must come back as the same strings
+                     "trace_id": f"{i}0e12345678", "span_id": f"605e75631177488{i}", "status": "ok" if i else "error",
                      "latency_ms": 100.0, "prod_latency_ms": 80.0, "cost_usd": 0.002, "prod_cost_usd": 0.001,
                      "exact_match": i % 2, "json_equal": None, "similarity": 0.5, "judge_score": 0.9})
     rs.insert_shadow_results(rows)
@@ -104,6 +105,8 @@ def test_shadow_results_and_experiment_outcomes(store: Any) -> None:
     assert r["cost_usd"] == pytest.approx(0.008) and r["prod_cost_usd"] == pytest.approx(0.004)
     page, cur = rs.list_shadow_results(start=now - 10, end=now + 10, limit=3)
     assert len(page) == 3 and cur is not None
+    (one,) = rs.list_shadow_results(trace_id="30e12345678", start=now - 10, end=now + 10)[0]
+    assert (one["trace_id"], one["span_id"]) == ("30e12345678", "605e756311774883")
 
     spans = []
     exposures = []

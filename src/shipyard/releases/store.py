@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -48,13 +49,11 @@ def _in(n: int) -> str:
 
 
 def _num(v: Any) -> Any:
-    """Decimal (PostgreSQL aggregates) -> float."""
-    if v is None or isinstance(v, (int, float)):
-        return v
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return v
+    """Decimal (PostgreSQL aggregates) -> float; everything else unchanged.
+
+    Only Decimal is converted: ids are hex strings and some of them ("605e7563...") read as floats.
+    """
+    return float(v) if isinstance(v, Decimal) else v
 
 
 class RegistryUnavailable(GatewayError):
