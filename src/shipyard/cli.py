@@ -6,7 +6,6 @@ import argparse
 import datetime as dt
 import logging
 import os
-import re
 import sys
 import time
 from typing import Any, Sequence
@@ -15,23 +14,18 @@ import orjson
 
 from .config import load_config
 from .errors import ConfigError, ShipyardError
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+from .timeparse import parse_duration, parse_iso
 
 
 def parse_since(value: str) -> float:
     """'30m', '24h', '7d' -> a unix timestamp that long ago; or an ISO date/time."""
-    m = _DURATION.match(value.strip())
-    if m:
-        return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        when = dt.datetime.fromisoformat(value)
-    except ValueError:
+    ago = parse_duration(value)
+    if ago is not None:
+        return time.time() - ago
+    when = parse_iso(value)
+    if when is None:
         raise argparse.ArgumentTypeError(f"expected a duration like 24h or 7d, or an ISO time; got {value!r}")
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
+    return when
 
 
 def _config_source(args: argparse.Namespace) -> str | None:

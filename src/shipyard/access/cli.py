@@ -14,14 +14,14 @@ from typing import Any, Callable
 
 import orjson
 
+from ..timeparse import parse_duration
+
 
 def _duration(value: str) -> float:
-    from ..cli import _DURATION, _UNITS
-
-    m = _DURATION.match(value.strip())
-    if not m:
+    seconds = parse_duration(value)
+    if seconds is None:
         raise argparse.ArgumentTypeError(f"expected a duration like 30m, 12h, 90d; got {value!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    return seconds
 
 
 def _keystore(args: argparse.Namespace) -> Any:

@@ -11,14 +11,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 import time
 from dataclasses import dataclass
 
 from ..errors import InvalidRequest
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+from ..timeparse import parse_duration, parse_iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +55,14 @@ def _point(text: str, now: float, param: str) -> float:
     text = text.strip()
     if text in ("", "now"):
         return now
-    m = _DURATION.match(text)
-    if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
+    ago = parse_duration(text)
+    if ago is not None:
+        return now - ago
+    when = parse_iso(text)
+    if when is None:
         raise InvalidRequest(f"Invalid value for '{param}': {text!r} is neither a duration like 7d or 24h "
-                             "nor an ISO date/time", param=param) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
+                             "nor an ISO date/time", param=param)
+    return when
 
 
 def parse_spec(text: str, *, param: str = "reference", now: float | None = None) -> Spec:

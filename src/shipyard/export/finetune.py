@@ -36,7 +36,7 @@ from ..feedback.labels import OVERALL, iter_human_labels
 from ..feedback.schema import ensure_schema
 from ..feedback.service import FEEDBACK_COLUMNS
 from ..feedback.targets import is_eval_traffic, target_in_trace
-from ..feedback.when import parse_when
+from ..timeparse import parse_when
 from .formats import CONVERTERS, FORMATS, VALIDATORS, Unsupported, text_of
 
 INCLUDE_REASONS = ("corrected", "accepted", "thumbs_up", "reviewed_pass")

@@ -80,8 +80,8 @@ def cmd_feedback_list(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback_stats(args: argparse.Namespace) -> int:
+    from ..timeparse import parse_duration
     from .stats import feedback_stats
-    from .when import parse_duration
 
     store = _store(args)
     end = time.time() + 60
@@ -118,8 +118,8 @@ def _print_queue(q: dict[str, Any]) -> None:
 
 
 def cmd_review_sample(args: argparse.Namespace) -> int:
+    from ..timeparse import parse_duration
     from .queue import build_queue
-    from .when import parse_duration
 
     window = parse_duration(args.window)
     if window is None:

@@ -205,7 +205,7 @@ def criteria(store: Any) -> list[dict[str, Any]]:
 def _since(since: Any) -> float | None:
     if since is None or isinstance(since, (int, float)):
         return since
-    from .when import parse_when
+    from ..timeparse import parse_when
 
     return parse_when(since)
 

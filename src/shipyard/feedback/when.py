@@ -1,51 +1,16 @@
-"""Times and days as the feedback commands and APIs accept them (UTC throughout)."""
+"""Days as the review queue and its commands and APIs accept them (UTC throughout); durations
+and points in time are in :mod:`shipyard.timeparse`."""
 
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 import time
 from typing import Any
 
 from ..errors import InvalidRequest
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-def parse_duration(value: str) -> float | None:
-    """'90s', '30m', '24h', '7d', '2w' -> seconds; None if not a duration."""
-    m = _DURATION.match(value.strip())
-    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
-
-
-def parse_when(value: Any, param: str = "since", now: float | None = None) -> float:
-    """Unix seconds, a duration meaning 'that long ago' (24h), or an ISO date/time (UTC
-    unless it says otherwise)."""
-    now = time.time() if now is None else now
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip()
-    ago = parse_duration(text)
-    if ago is not None:
-        return now - ago
-    try:
-        ts = float(text)
-    except ValueError:
-        pass
-    else:
-        if math.isfinite(ts) and ts >= 0:
-            return ts
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequest(f"Invalid value for '{param}': expected unix seconds, a duration like 24h or 7d, "
-                             f"or an ISO time; got {text!r}", param=param, code="invalid_parameter") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
 
 
 def today(now: float | None = None) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import math
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -26,10 +25,8 @@ from starlette.routing import Route
 
 from ..errors import GatewayError, InvalidRequest, NotFound
 from ..store.base import DEFAULT_WINDOW_S, MAX_PAGE, TraceFilter, decode_cursor
+from ..timeparse import parse_duration, parse_when
 from .app import error_response
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 TRACE_PARAMS = frozenset({
     "since", "start", "end", "alias", "model", "user", "session", "status",
@@ -64,34 +61,17 @@ def _bad(param: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{param}': {message}", param=param, code="invalid_parameter")
 
 
-def parse_duration(value: str) -> float | None:
-    """'90s', '30m', '24h', '7d', '2w' -> seconds; None if not a duration."""
-    m = _DURATION.match(value.strip())
-    return float(m.group(1)) * _UNITS[m.group(2)] if m else None
-
-
 def parse_time(param: str, value: str, now: float) -> float:
     """Unix seconds, a duration meaning 'that long ago' (24h), or an ISO 8601 time (UTC if
-    no offset is given)."""
+    no offset is given); a negative or infinite number is refused as such."""
     value = value.strip()
-    ago = parse_duration(value)
-    if ago is not None:
-        return now - ago
     try:
         ts = float(value)
     except ValueError:
-        pass
-    else:
-        if not math.isfinite(ts) or ts < 0:
-            raise _bad(param, f"expected a non-negative unix time; got {value!r}")
-        return ts
-    try:
-        when = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise _bad(param, f"expected unix seconds, a duration like 24h or 7d, or an ISO time; got {value!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
+        return parse_when(value, param, now)
+    if not math.isfinite(ts) or ts < 0:
+        raise _bad(param, f"expected a non-negative unix time; got {value!r}")
+    return ts
 
 
 def _number(param: str, value: str) -> float:

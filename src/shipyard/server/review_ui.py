@@ -36,7 +36,8 @@ from ..feedback import labels as L
 from ..feedback.queue import build_queue, get_queue
 from ..feedback.service import service_for
 from ..feedback.targets import main_span, prompt_version, route_of
-from ..feedback.when import parse_day, parse_duration, shift_day, today
+from ..feedback.when import parse_day, shift_day, today
+from ..timeparse import parse_duration
 from . import api, ui
 from .app import error_response, read_json
 
