@@ -20,6 +20,13 @@ admission). A request is admitted only if spent + reserved + its estimate <= lim
 concurrent requests on any number of replicas cannot overspend as long as each estimate is
 an upper bound of the real cost (see docs/operations.md). Settling removes the reservation
 and adds the real cost. Time is Redis's own clock (``TIME``), one clock for every replica.
+
+Both scripts are idempotent per request id, because the RedisLink retries a call once after
+a connection-level error and cannot know whether the script already ran (a reply lost after
+Redis executed it looks the same as a write to a dead socket). The script that admits or
+settles records ``{key_prefix}:once:<id>`` (``a`` admitted, ``s`` settled) for ``ONCE_MS``;
+a second run of the same admission answers "admitted" without reserving again, a second
+settle does nothing. Refusals write nothing, so running one again is harmless.
 """
 
 from __future__ import annotations
@@ -29,8 +36,11 @@ from typing import Any, Sequence
 from .redis import key as rkey
 
 WINDOW_MS = 60_000
+ONCE_MS = 60_000  # how long a request id is remembered: far longer than a retry can come late
 
 ADMIT = """
+local once = KEYS[#KEYS]
+if redis.call('GET', once) then return {1} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nr = tonumber(ARGV[1])
@@ -93,10 +103,13 @@ for j = 1, nb do
   redis.call('EXPIREAT', hk, exp)
   redis.call('EXPIREAT', zk, exp)
 end
+redis.call('SET', once, 'a', 'PX', tonumber(ARGV[#ARGV]))
 return {1}
 """
 
 SETTLE = """
+local once = KEYS[#KEYS]
+if redis.call('GET', once) == 's' then return 1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nr = tonumber(ARGV[1])
@@ -132,6 +145,7 @@ for j = 1, nb do
   redis.call('EXPIREAT', hk, exp)
   redis.call('EXPIREAT', zk, exp)
 end
+redis.call('SET', once, 's', 'PX', tonumber(ARGV[#ARGV]))
 return 1
 """
 
@@ -156,6 +170,11 @@ class RedisLimiter:
         h = rkey(self.cfg, "bg", b.scope.id, b.name, b.period)
         return h, h + ":res"
 
+    def _once(self, keys: list[str], args: list[Any], res_id: str) -> None:
+        """The request id's marker: the scripts' last key and argument (see the module docstring)."""
+        keys.append(rkey(self.cfg, "once", res_id))
+        args.append(ONCE_MS)
+
     async def admit(self, rates: Sequence[Any], budgets: Sequence[Any], res_id: str,
                     ttl_s: float) -> tuple[Any, ...]:
         """(1,) admitted; (0, i, wait_ms) rate i (0-based) refused; (2, j, spent, reserved)
@@ -167,6 +186,7 @@ class RedisLimiter:
         for b in budgets:
             keys += self._budget_keys(b)
             args += [b.limit, b.amount, int(b.expire_at)]
+        self._once(keys, args, res_id)
         out = await self.link.run("admit", lambda: self._admit(keys=keys, args=args))
         code = int(out[0])
         if code == 1:
@@ -185,6 +205,7 @@ class RedisLimiter:
         for b, actual in budgets:
             keys += self._budget_keys(b)
             args += [int(actual), int(b.expire_at)]
+        self._once(keys, args, res_id)
         await self.link.run("settle", lambda: self._settle(keys=keys, args=args))
 
     async def usage(self, budgets: Sequence[Any]) -> list[tuple[int, int]]:

@@ -2,12 +2,25 @@
 
 ``get_redis(config)`` is the one way to get a client: a ``redis.asyncio.Redis`` for the
 config's ``redis`` block (None without one), one per event loop and URL, with short
-timeouts and no client-side retries (a slow Redis must not slow every request).
+timeouts and no retries inside redis-py (they would repeat every connect attempt too, and
+repeat commands whose reply was lost; see below).
 
 ``RedisLink`` is a replica's view of that Redis's health. ``await link.run(op, fn)`` runs one
-call; when it fails (connection refused, timeout) the link is marked down and every call
-fails at once with :class:`RedisUnavailable` (no connect attempt per request), so the
-caller applies its policy (``redis.on_error``: fail_open or fail_closed) without waiting.
+call. A connection-level failure (redis-py's ``ConnectionError`` or ``TimeoutError``) is first
+retried once, at once, on a fresh connection: a pooled socket left dead by a Redis restart
+or a dropped idle connection fails its first write although Redis is back, and that must
+not count as an outage. redis-py has closed the failed connection and put it back in its
+(last in, first out) pool by then, and nothing in between yields to other tasks, so the
+retry takes that same connection and connects it afresh. The retry is redis-py's ``Retry`` (``NoBackoff``, 1 retry)
+run at this level rather than inside the client, where it would also repeat each connect
+attempt: a down Redis costs one extra attempt once per outage, never per request. A
+retried call may already have run on Redis (its reply was lost), so whatever runs through a
+link must be idempotent: the limiter's scripts are (they record their request id); the rest
+are reads, ``HSET`` and ``PUBLISH``.
+
+When the retry fails too, the link is marked down and every call fails at once with
+:class:`RedisUnavailable` (no connect attempt per request), so the caller applies its
+policy (``redis.on_error``: fail_open or fail_closed) without waiting.
 Only the background ``health_loop()`` tries Redis while it is down, every
 ``redis.retry_interval_s``; its first answer marks it up again: recovery needs no restart.
 Transitions are logged once, as one clear line each; errors are counted for /metrics.
@@ -27,6 +40,15 @@ log = logging.getLogger("shipyard.shared")
 T = TypeVar("T")
 
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _one_retry() -> Any:
+    """One immediate retry of a connection-level error (see the module docstring)."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return Retry(NoBackoff(), 1, supported_errors=(ConnectionError, TimeoutError))
 
 
 class RedisUnavailable(Exception):
@@ -56,8 +78,9 @@ def redact_url(url: str) -> str:
 
 
 def new_client(cfg: Any, *, socket_timeout: float | None | str = "config") -> Any:
-    """A new ``redis.asyncio.Redis`` for a RedisConfig: short timeouts, no retries
-    (``socket_timeout=None`` for a pub/sub connection that waits for messages)."""
+    """A new ``redis.asyncio.Redis`` for a RedisConfig: short timeouts, no retries inside
+    redis-py (RedisLink retries; ``socket_timeout=None`` for a pub/sub connection that waits
+    for messages)."""
     try:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
@@ -126,6 +149,8 @@ class RedisLink:
         self.errors = 0  # failed calls (counted for /metrics)
         self.outages = 0
         self.calls = 0
+        self.retries = 0  # calls retried on a fresh connection after a connection-level error
+        self._retry = _one_retry()
 
     @property
     def usable(self) -> bool:
@@ -137,8 +162,9 @@ class RedisLink:
         if not self.up and not probe:
             raise RedisUnavailable(self.last_error or "redis is down")
         self.calls += 1
-        try:
-            result = await fn()
+        try:  # while down, the probe alone tries Redis, with one attempt each time
+            result = await (self._retry.call_with_retry(fn, self._retrying, with_failure_count=True)
+                            if self.up else fn())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -147,6 +173,11 @@ class RedisLink:
         if not self.up:
             self._recovered()
         return result
+
+    async def _retrying(self, exc: BaseException, failures: int) -> None:
+        if failures <= self._retry.get_retries():  # else the retry failed too: run() marks the link down
+            self.retries += 1
+            log.debug("%s: retrying on a fresh connection after %s: %s", self.name, type(exc).__name__, exc)
 
     def _failed(self, op: str, exc: BaseException) -> None:
         from redis.exceptions import ResponseError
@@ -201,4 +232,5 @@ class RedisLink:
             "last_error": self.last_error,
             "errors": self.errors,
             "outages": self.outages,
+            "retries": self.retries,
         }
