@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import orjson
 
+from .cli_output import Column, fail, fmt, fmt_time, print_json, print_table
 from .config import load_config
 from .errors import ConfigError, ShipyardError
 from .timeparse import parse_duration, parse_iso
@@ -93,16 +93,9 @@ def _store(args: argparse.Namespace):
     return store
 
 
-def _fmt_time(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _fmt(v: Any, spec: str = "") -> str:
-    if v is None:
-        return "-"
-    return format(v, spec) if spec else str(v)
+TRACE_COLUMNS = (Column("TRACE ID", 32), Column("START (UTC)", 19), Column("STATUS", 6),
+                 Column("ALIAS", 12, clip=True), Column("MODEL", 28, clip=True), Column("MS", 8, ">"),
+                 Column("TOK IN", 6, ">"), Column("TOK OUT", 7, ">"), Column("COST $", 10, ">"))
 
 
 def cmd_traces_list(args: argparse.Namespace) -> int:
@@ -113,16 +106,12 @@ def cmd_traces_list(args: argparse.Namespace) -> int:
                     session_id=args.session, status=args.status, limit=args.limit, cursor=args.cursor)
     rows, cursor = store.list_traces(f)
     if args.json:
-        sys.stdout.write(orjson.dumps({"data": rows, "next_cursor": cursor}).decode() + "\n")
+        print_json({"data": rows, "next_cursor": cursor}, indent=False)
         return 0
-    header = f"{'TRACE ID':32}  {'START (UTC)':19}  {'STATUS':6}  {'ALIAS':12}  {'MODEL':28}  {'MS':>8}  {'TOK IN':>6}  {'TOK OUT':>7}  {'COST $':>10}"
-    print(header)
-    for r in rows:
-        print(f"{r['trace_id']:32}  {_fmt_time(r['start_time']):19}  {r['status']:6}  {_fmt(r['alias'])[:12]:12}  "
-              f"{_fmt(r['model'])[:28]:28}  {_fmt(r['duration_ms'], '.1f'):>8}  {_fmt(r['input_tokens']):>6}  "
-              f"{_fmt(r['output_tokens']):>7}  {_fmt(r['cost_usd'], '.6f'):>10}")
-    if not rows:
-        print("(no traces in this window)")
+    print_table(TRACE_COLUMNS, [
+        [r["trace_id"], fmt_time(r["start_time"]), r["status"], fmt(r["alias"]), fmt(r["model"]),
+         fmt(r["duration_ms"], ".1f"), fmt(r["input_tokens"]), fmt(r["output_tokens"]), fmt(r["cost_usd"], ".6f")]
+        for r in rows], empty="(no traces in this window)")
     if cursor:
         print(f"more: shipyard traces list --cursor {cursor}")
     return 0
@@ -132,17 +121,16 @@ def cmd_traces_show(args: argparse.Namespace) -> int:
     store = _store(args)
     trace = store.get_trace(args.trace_id)
     if trace is None:
-        print(f"shipyard: trace {args.trace_id} not found", file=sys.stderr)
-        return 1
+        return fail(f"trace {args.trace_id} not found")
     if args.json:
-        sys.stdout.write(orjson.dumps(trace, option=orjson.OPT_INDENT_2).decode() + "\n")
+        print_json(trace)
         return 0
     print(f"trace {trace['trace_id']}  status={trace['status']}  spans={trace['span_count']}  "
-          f"start={_fmt_time(trace['start_time'])}  duration_ms={_fmt(trace['duration_ms'], '.1f')}  "
-          f"cost_usd={_fmt(trace['cost_usd'], '.6f')}")
+          f"start={fmt_time(trace['start_time'])}  duration_ms={fmt(trace['duration_ms'], '.1f')}  "
+          f"cost_usd={fmt(trace['cost_usd'], '.6f')}")
     for s in trace["spans"]:
         print(f"\n- span {s['span_id']} [{s['kind']}] {s['name']}  status={s['status']}  "
-              f"duration_ms={_fmt(s['duration_ms'], '.1f')}")
+              f"duration_ms={fmt(s['duration_ms'], '.1f')}")
         for key in ("alias", "provider", "model", "response_model", "user_id", "session_id",
                     "input_tokens", "output_tokens", "cached_tokens", "cost_usd", "ttft_ms", "error"):
             if s.get(key) is not None:
@@ -241,8 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except ShipyardError as exc:
-        print(f"shipyard: {exc}", file=sys.stderr)
-        return 2
+        return fail(exc, 2)
     except KeyboardInterrupt:
         return 130
 

@@ -8,13 +8,13 @@ key from their caches at once (else within ``auth.cache_ttl_s``).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import sys
 from typing import Any, Callable
 
-import orjson
-
+from ..cli_output import Column, fmt_time, print_json, print_table
 from ..timeparse import parse_duration
+
+KEY_COLUMNS = (Column("ID", 20), Column("PREFIX", 15), Column("NAME", 16, clip=True), Column("USER", 12, clip=True),
+               Column("TEAM", 10, clip=True), Column("STATUS", 8), Column("ALIASES", 16, clip=True), Column("LIMITS"))
 
 
 def _duration(value: str) -> float:
@@ -79,9 +79,12 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return fmt_time(ts, seconds=False)
+
+
+def _limits(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={d[k]:g}" for k in ("rpm", "tpm", "usd_per_day", "usd_per_month")
+                     if d.get(k) is not None) or "-"
 
 
 def _print_key(d: dict[str, Any], secret: str | None = None) -> None:
@@ -101,7 +104,7 @@ def _print_key(d: dict[str, Any], secret: str | None = None) -> None:
 
 def _out(args: argparse.Namespace, d: dict[str, Any], secret: str | None = None) -> int:
     if args.json:
-        sys.stdout.write(orjson.dumps({**({"key": secret} if secret else {}), **d}).decode() + "\n")
+        print_json({**({"key": secret} if secret else {}), **d}, indent=False)
     else:
         _print_key(d, secret)
     return 0
@@ -116,18 +119,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows, cursor = _keystore(args).list(include_revoked=args.all, team=args.team, user_id=args.user,
                                         limit=args.limit, cursor=args.cursor)
     if args.json:
-        sys.stdout.write(orjson.dumps({"data": [r.to_dict() for r in rows], "next_cursor": cursor}).decode() + "\n")
+        print_json({"data": [r.to_dict() for r in rows], "next_cursor": cursor}, indent=False)
         return 0
-    print(f"{'ID':20}  {'PREFIX':15}  {'NAME':16}  {'USER':12}  {'TEAM':10}  {'STATUS':8}  {'ALIASES':16}  LIMITS")
-    for r in rows:
-        d = r.to_dict()
-        lim = ", ".join(f"{k}={d[k]:g}" for k in ("rpm", "tpm", "usd_per_day", "usd_per_month") if d.get(k) is not None)
-        aliases = "all" if r.aliases is None else ",".join(r.aliases)
-        print(f"{r.key_id:20}  {(r.prefixes[0] + '…') if r.prefixes else '-':15}  {(r.name or '-')[:16]:16}  "
-              f"{(r.user_id or '-')[:12]:12}  {(r.team or '-')[:10]:10}  {r.status():8}  {aliases[:16]:16}  "
-              f"{lim or '-'}")
-    if not rows:
-        print("(no keys)")
+    print_table(KEY_COLUMNS, [
+        [r.key_id, (r.prefixes[0] + "…") if r.prefixes else "-", r.name or "-", r.user_id or "-", r.team or "-",
+         r.status(), "all" if r.aliases is None else ",".join(r.aliases), _limits(r.to_dict())]
+        for r in rows], empty="(no keys)")
     if cursor:
         print(f"more: shipyard keys list --cursor {cursor}")
     return 0

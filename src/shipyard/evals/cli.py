@@ -16,8 +16,18 @@ from typing import Any, Callable
 
 import orjson
 
+from ..cli_output import Column, fail, fmt, fmt_time, print_json, print_table, warn, write_json
+
 EXIT_GATE = 1
 EXIT_INTERRUPTED = 130
+
+DATASET_COLUMNS = (Column("NAME", 30, clip=True), Column("VERSION", 7, ">"), Column("ITEMS", 8, ">"),
+                   Column("HOLDOUT", 7, ">"), Column("CREATED (UTC)", 19), Column("DESCRIPTION"))
+RUN_COLUMNS = (Column("RUN ID", 40, clip=True), Column("KIND", 7), Column("STATUS", 11), Column("STARTED (UTC)", 19),
+               Column("DATASET", 20, clip=True), Column("DONE", 13, ">"))
+JUDGE_COLUMNS = (Column("CRITERION", 20, clip=True), Column("JUDGE", 24, clip=True), Column("VER", 3, ">"),
+                 Column("CREATED (UTC)", 19), Column("ALIGNMENT", 9, ">"), Column("KAPPA", 6, ">"), Column("N", 5, ">"),
+                 Column("SELECTED"))
 
 
 def _console(stderr: bool = False) -> Any:
@@ -52,16 +62,6 @@ def _open_store(args: argparse.Namespace) -> Any:
     return store
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
-
-
-def _when(ts: float | None) -> str:
-    from ..cli import _fmt_time
-
-    return _fmt_time(ts)
-
-
 # ---- datasets -----------------------------------------------------------------------------------
 
 def cmd_datasets_import(args: argparse.Namespace) -> int:
@@ -74,9 +74,9 @@ def cmd_datasets_import(args: argparse.Namespace) -> int:
                           description=args.description, holdout=args.holdout)
         errors = rep.errors
         for where, msg in errors[:50]:
-            print(f"shipyard: {args.file}: line {where}: {msg} (skipped)", file=sys.stderr)
+            warn(f"{args.file}: line {where}: {msg} (skipped)")
         if rep.skipped > 50:
-            print(f"shipyard: … {rep.skipped - 50} more bad rows skipped", file=sys.stderr)
+            warn(f"… {rep.skipped - 50} more bad rows skipped")
         meta = ds.get(args.name, rep.version)
         print(f"dataset {args.name} v{rep.version}: {rep.imported} items imported, {rep.skipped} skipped "
               f"({meta['item_count']} items: {meta['train_count']} train, {meta['holdout_count']} holdout)")
@@ -115,7 +115,7 @@ def cmd_datasets_from_traces(args: argparse.Namespace) -> int:
                              append=args.append, on_error=on_error, allow_empty=False)
         finally:
             for where, msg in skipped[:50]:
-                print(f"shipyard: trace {where}: {msg} (skipped)", file=sys.stderr)
+                warn(f"trace {where}: {msg} (skipped)")
         meta = ds.get(args.name, rep.version)
         print(f"dataset {args.name} v{rep.version}: {rep.imported} items from traces, {rep.skipped} skipped "
               f"({meta['item_count']} items: {meta['train_count']} train, {meta['holdout_count']} holdout)")
@@ -143,14 +143,13 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
-    print(f"{'NAME':30}  {'VERSION':>7}  {'ITEMS':>8}  {'HOLDOUT':>7}  {'CREATED (UTC)':19}  DESCRIPTION")
-    for r in rows:
-        print(f"{r['name'][:30]:30}  {r['version']:>7}  {r['item_count']:>8}  {r['holdout_count']:>7}  "
-              f"{_when(r['created_at']):19}  {r['description'] or ''}")
-    if not rows:
-        print("(no datasets: shipyard datasets import NAME FILE.jsonl, or shipyard datasets from-traces NAME)")
+    print_table(DATASET_COLUMNS, [
+        [r["name"], r["version"], r["item_count"], r["holdout_count"], fmt_time(r["created_at"]),
+         r["description"] or ""]
+        for r in rows], empty="(no datasets: shipyard datasets import NAME FILE.jsonl, "
+                              "or shipyard datasets from-traces NAME)")
     return 0
 
 
@@ -170,13 +169,13 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _print_json({"dataset": meta, "items": items})
+        print_json({"dataset": meta, "items": items})
         return 0
     print(f"dataset {meta['name']} v{meta['version']} (latest v{meta['latest_version']}): {meta['item_count']} items "
           f"({meta['train_count']} train, {meta['holdout_count']} holdout); source {meta['source'] or '-'}; "
-          f"created {_when(meta['created_at'])}")
+          f"created {fmt_time(meta['created_at'])}")
     for v in versions:
-        print(f"  v{v['version']}: {v['item_count']} items, {_when(v['created_at'])}, {v['source'] or ''}")
+        print(f"  v{v['version']}: {v['item_count']} items, {fmt_time(v['created_at'])}, {v['source'] or ''}")
     for item in items:
         inp = item["input"]
         text = orjson.dumps(inp.get("variables") if "variables" in inp else inp["messages"][-1]).decode()
@@ -254,11 +253,7 @@ def report_run(store: Any, run_id: str, *, baseline: str | None, gate: Any, html
         Path(html).write_text(render_html(summary, shown_diffs, failures, mig), encoding="utf-8")
         print(f"HTML report: {html}", file=sys.stderr)
     if json_out:
-        data = as_json(summary, shown_diffs, failures, mig)
-        if json_out == "-":
-            _print_json(data)
-        else:
-            Path(json_out).write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str))
+        write_json(as_json(summary, shown_diffs, failures, mig), json_out)
     if cases_csv and migration_pairs:
         with open(cases_csv, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
@@ -286,12 +281,11 @@ def _run_and_report(args: argparse.Namespace, loaded: Any, *, kind: str = "run",
     print(f"run {result.run_id}: {result.status}, {result.done}/{result.total} cases recorded "
           f"({result.ran} run now in {result.elapsed_s:.1f} s, {rate:.1f}/s)", file=sys.stderr)
     if result.spans_dropped:
-        print(f"shipyard: warning: the recorder dropped {result.spans_dropped} spans (its queue was full); "
-              "some case traces are incomplete", file=sys.stderr)
+        warn(f"warning: the recorder dropped {result.spans_dropped} spans (its queue was full); "
+             "some case traces are incomplete")
     if result.status == "interrupted":
-        print(f"shipyard: interrupted; resume with: shipyard eval run {loaded.path or 'EVAL.yaml'} "
-              f"--resume {result.run_id}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return fail(f"interrupted; resume with: shipyard eval run {loaded.path or 'EVAL.yaml'} "
+                    f"--resume {result.run_id}", EXIT_INTERRUPTED)
     store = open_store(result.store_url)
     try:
         spec = loaded.spec
@@ -387,15 +381,12 @@ def cmd_eval_list(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
-    print(f"{'RUN ID':40}  {'KIND':7}  {'STATUS':11}  {'STARTED (UTC)':19}  {'DATASET':20}  {'DONE':>13}")
-    for r in rows:
-        ds = f"{r['dataset']} v{r['dataset_version']}"
-        print(f"{r['run_id'][:40]:40}  {r['kind']:7}  {r['status']:11}  {_when(r['created_at']):19}  {ds[:20]:20}  "
-              f"{r['done']:>6}/{r['total'] or 0:<6}")
-    if not rows:
-        print("(no eval runs)")
+    print_table(RUN_COLUMNS, [
+        [r["run_id"], r["kind"], r["status"], fmt_time(r["created_at"]), f"{r['dataset']} v{r['dataset_version']}",
+         f"{r['done']:>6}/{r['total'] or 0:<6}"]
+        for r in rows], empty="(no eval runs)")
     return 0
 
 
@@ -416,7 +407,7 @@ def cmd_eval_align(args: argparse.Namespace) -> int:
             labels = labels_from_store(store, args.criterion)
             source = "human_labels"
         for where, msg in errors[:50]:
-            print(f"shipyard: {args.labels}: line {where}: {msg} (skipped)", file=sys.stderr)
+            warn(f"{args.labels}: line {where}: {msg} (skipped)")
         if args.criterion:
             labels = [lab for lab in labels if lab.criterion == args.criterion]
         if not labels:
@@ -437,10 +428,7 @@ def cmd_eval_align(args: argparse.Namespace) -> int:
         if target is not None:
             asyncio.run(target.close())
     if args.json:
-        if args.json == "-":
-            _print_json(report)
-        else:
-            Path(args.json).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2, default=str))
+        write_json(report, args.json)
     if args.json != "-":
         render_alignment(report, _console())
     return 0
@@ -463,15 +451,12 @@ def cmd_eval_judges(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
-    print(f"{'CRITERION':20}  {'JUDGE':24}  {'VER':>3}  {'CREATED (UTC)':19}  {'ALIGNMENT':>9}  {'KAPPA':>6}  {'N':>5}  SELECTED")
-    for r in rows:
-        print(f"{r['criterion'][:20]:20}  {r['judge'][:24]:24}  {r['version']:>3}  {_when(r['created_at']):19}  "
-              f"{num(r['alignment']):>9}  {num(r['kappa']):>6}  {r['n'] if r['n'] is not None else '-':>5}  "
-              f"{'yes' if r['selected'] else ''}")
-    if not rows:
-        print("(no judges measured yet: shipyard eval align EVAL.yaml --labels FILE)")
+    print_table(JUDGE_COLUMNS, [
+        [r["criterion"], r["judge"], r["version"], fmt_time(r["created_at"]), num(r["alignment"]), num(r["kappa"]),
+         fmt(r["n"]), "yes" if r["selected"] else ""]
+        for r in rows], empty="(no judges measured yet: shipyard eval align EVAL.yaml --labels FILE)")
     return 0
 
 

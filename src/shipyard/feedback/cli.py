@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import orjson
+from ..cli_output import Column, fail, fmt, fmt_time, pct, print_json, print_table
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -17,18 +17,13 @@ def _store(args: argparse.Namespace) -> Any:
     return open_configured_store(args)
 
 
-def _print_json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+FEEDBACK_COLUMNS = (Column("GIVEN (UTC)", 19), Column("TRACE ID", 32), Column("KIND", 11), Column("VALUE", 6, ">"),
+                    Column("SRC", 9), Column("ALIAS", 12, clip=True), Column("TEXT / LABEL"))
 
 
-def _when(ts: float | None) -> str:
-    from ..cli import _fmt_time
-
-    return _fmt_time(ts)
-
-
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
+def _stats_columns(by: str) -> tuple[Column, ...]:
+    return (Column(by.upper(), 28, clip=True), Column("EVENTS", 6, ">"), Column("TRACES", 6, ">"),
+            Column("POS", 6, ">"), Column("NEG", 6, ">"), Column("SCORE", 5, ">"))
 
 
 # ---- feedback -----------------------------------------------------------------------------
@@ -49,7 +44,7 @@ def cmd_feedback_add(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _print_json(row)
+        print_json(row)
     else:
         print(f"{'recorded' if created else 'already recorded (same idempotency key)'}: {row['kind']} on trace "
               f"{row['trace_id']} (feedback id {row['id']})")
@@ -66,16 +61,12 @@ def cmd_feedback_list(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
-    print(f"{'GIVEN (UTC)':19}  {'TRACE ID':32}  {'KIND':11}  {'VALUE':>6}  {'SRC':9}  {'ALIAS':12}  TEXT / LABEL")
-    for r in rows:
-        value = "" if r["value"] is None else f"{r['value']:g}"
-        extra = (r["label"] or r["text"] or "").replace("\n", " ")[:60]
-        print(f"{_when(r['created_at']):19}  {r['trace_id']:32}  {r['kind']:11}  {value:>6}  {r['source']:9}  "
-              f"{(r['alias'] or '-')[:12]:12}  {extra}")
-    if not rows:
-        print("(no feedback)")
+    print_table(FEEDBACK_COLUMNS, [
+        [fmt_time(r["created_at"]), r["trace_id"], r["kind"], "" if r["value"] is None else f"{r['value']:g}",
+         r["source"], r["alias"] or "-", (r["label"] or r["text"] or "").replace("\n", " ")[:60]]
+        for r in rows], empty="(no feedback)")
     return 0
 
 
@@ -92,16 +83,15 @@ def cmd_feedback_stats(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
     s = data["summary"]
-    print(f"feedback {_when(start)} -> {_when(end)}: {s['total']} events on {s['traces']} traces, "
-          f"{_pct(s['positive_rate'])} positive, {_pct(s['negative_rate'])} negative")
-    print(f"{args.by.upper():28}  {'EVENTS':>6}  {'TRACES':>6}  {'POS':>6}  {'NEG':>6}  {'SCORE':>5}")
-    for r in data["totals"]:
-        score = "-" if r["mean_score"] is None else f"{r['mean_score']:.2f}"
-        print(f"{r['group'][:28]:28}  {r['total']:>6}  {r['traces']:>6}  {_pct(r['positive_rate']):>6}  "
-              f"{_pct(r['negative_rate']):>6}  {score:>5}")
+    print(f"feedback {fmt_time(start)} -> {fmt_time(end)}: {s['total']} events on {s['traces']} traces, "
+          f"{pct(s['positive_rate'])} positive, {pct(s['negative_rate'])} negative")
+    print_table(_stats_columns(args.by), [
+        [r["group"], r["total"], r["traces"], pct(r["positive_rate"]), pct(r["negative_rate"]),
+         fmt(r["mean_score"], ".2f")]
+        for r in data["totals"]])
     for o in data["outcomes"]:
         print(f"outcome {o['name']} @ {o['group']}: mean {o['mean']:g} over {o['count']} ({o['sessions']} sessions)")
     return 0
@@ -111,7 +101,7 @@ def cmd_feedback_stats(args: argparse.Namespace) -> int:
 
 def _print_queue(q: dict[str, Any]) -> None:
     print(f"review queue {q['day']}: {len(q['items'])} traces ({q['reviewed']} reviewed) sampled from "
-          f"{q['candidates']} calls between {_when(q['window_start'])} and {_when(q['window_end'])}")
+          f"{q['candidates']} calls between {fmt_time(q['window_start'])} and {fmt_time(q['window_end'])}")
     for i in q["items"]:
         print(f"  {i['position']:>3}. {i['trace_id']}  {(i['alias'] or '-')[:14]:14}  {i['verdict'] or '-':4}  "
               f"{', '.join(i['reasons'])}")
@@ -123,15 +113,14 @@ def cmd_review_sample(args: argparse.Namespace) -> int:
 
     window = parse_duration(args.window)
     if window is None:
-        print(f"shipyard: --window: expected a duration like 24h or 7d, got {args.window!r}", file=sys.stderr)
-        return 2
+        return fail(f"--window: expected a duration like 24h or 7d, got {args.window!r}", 2)
     store = _store(args)
     try:
         q = build_queue(store, args.date, args.size, window_s=window, force=args.force, created_by="cli")
     finally:
         store.close()
     if args.json:
-        _print_json(q)
+        print_json(q)
         return 0
     if not q["created"]:
         print(f"the queue of {q['day']} was already built (use --force to sample it again, keeping reviewed items)")
@@ -150,10 +139,9 @@ def cmd_review_show(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if q is None:
-        print(f"shipyard: no review queue for {day} (build it: shipyard review sample --date {day})", file=sys.stderr)
-        return 1
+        return fail(f"no review queue for {day} (build it: shipyard review sample --date {day})")
     if args.json:
-        _print_json(q)
+        print_json(q)
     else:
         _print_queue(q)
     return 0
@@ -168,7 +156,7 @@ def cmd_review_label(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _print_json(out)
+        print_json(out)
     else:
         print(f"labelled {out['trace_id']}: {out['verdict']}" + (f" ({', '.join(out['tags'])})" if out["tags"] else ""))
     return 0
@@ -213,12 +201,11 @@ def cmd_export_finetune(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        _print_json(summary.as_dict())
+        print_json(summary.as_dict())
     else:
         print(render_summary(summary))
     if summary.written == 0:
-        print("shipyard: no matching rows: nothing written", file=sys.stderr)
-        return 1
+        return fail("no matching rows: nothing written")
     if not args.json:
         print(f"wrote {', '.join(summary.files)} to {args.out}")
     return 0

@@ -17,7 +17,20 @@ from typing import Any
 
 import orjson
 
+from ..cli_output import Column, fail, fmt, fmt_time, pct, print_json, print_table
 from ..errors import ConfigError, GatewayError
+
+PROMPT_COLUMNS = (Column("NAME", 32, clip=True), Column("LATEST", 6, ">"), Column("UPDATED (UTC)", 19),
+                  Column("LABELS"))
+AUDIT_COLUMNS = (Column("WHEN (UTC)", 19), Column("WHO", 14, clip=True), Column("ACTION", 18, clip=True),
+                 Column("PROMPT", 20, clip=True), Column("LABEL", 12, clip=True), Column("VERSIONS", 12),
+                 Column("GATE"))
+SHADOW_COLUMNS = (Column("ALIAS", 14, clip=True), Column("CANDIDATE", 26, clip=True), Column("N", 5, ">"),
+                  Column("ERR", 4, ">"), Column("EXACT", 6, ">"), Column("JSON=", 6, ">"), Column("SIMIL", 5, ">"),
+                  Column("JUDGE", 5, ">"), Column("MS CAND/PROD", 15, ">"), Column("COST CAND/PROD $", 22, ">"))
+VARIANT_COLUMNS = (Column("VARIANT", 16, clip=True), Column("WEIGHT", 6, ">"), Column("N", 6, ">"),
+                   Column("UNITS", 6, ">"), Column("SUCCESS", 8, ">"), Column("EVAL PASS", 9, ">"),
+                   Column("FEEDBACK", 8, ">"), Column("MS", 8, ">"), Column("COST $", 10, ">"))
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -71,26 +84,6 @@ def _actor(args: argparse.Namespace) -> str:
         return "unknown"
 
 
-def _out(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
-
-
-def _t(ts: float | None) -> str:
-    from ..cli import _fmt_time
-
-    return _fmt_time(ts)
-
-
-def _f(v: Any, spec: str = "") -> str:
-    if v is None:
-        return "-"
-    return format(v, spec) if spec else str(v)
-
-
-def _pct(v: Any) -> str:
-    return "-" if v is None else f"{100 * float(v):.1f}%"
-
-
 def _friendly(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """A GatewayError (unknown prompt, bad input, rejected promotion) is exit code 1, not a traceback."""
 
@@ -98,8 +91,7 @@ def _friendly(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
         try:
             return fn(args)
         except GatewayError as exc:
-            print(f"shipyard: {exc.message}", file=sys.stderr)
-            return 1
+            return fail(exc.message)
 
     return run
 
@@ -123,14 +115,12 @@ def _load_file(path: str) -> dict[str, Any]:
 def cmd_prompts_list(args: argparse.Namespace) -> int:
     rows = _registry(args).rs.list_prompts(limit=args.limit)
     if args.json:
-        _out({"data": rows})
+        print_json({"data": rows})
         return 0
-    print(f"{'NAME':32}  {'LATEST':>6}  {'UPDATED (UTC)':19}  LABELS")
-    for r in rows:
-        labels = ", ".join(f"{k}=v{v}" for k, v in sorted(r["labels"].items()))
-        print(f"{r['name'][:32]:32}  {_f(r['latest']):>6}  {_t(r['updated_at']):19}  {labels or '-'}")
-    if not rows:
-        print("(no prompts)")
+    print_table(PROMPT_COLUMNS, [
+        [r["name"], fmt(r["latest"]), fmt_time(r["updated_at"]),
+         ", ".join(f"{k}=v{v}" for k, v in sorted(r["labels"].items())) or "-"]
+        for r in rows], empty="(no prompts)")
     return 0
 
 
@@ -140,15 +130,15 @@ def cmd_prompts_show(args: argparse.Namespace) -> int:
     v = reg.version(args.name, int(args.version) if args.version and args.version.isdigit() else args.version) \
         if info["latest"] else None
     if args.json:
-        _out({**info, "version": v.to_dict() if v else None})
+        print_json({**info, "version": v.to_dict() if v else None})
         return 0
-    print(f"prompt {info['name']}  versions={info['versions']}  latest=v{_f(info['latest'])}")
+    print(f"prompt {info['name']}  versions={info['versions']}  latest=v{fmt(info['latest'])}")
     if info.get("description"):
         print(f"  {info['description']}")
     for label, lv in sorted(info["labels"].items()):
-        print(f"  label {label} -> v{lv['version']}  (moved {_t(lv['updated_at'])} by {lv['updated_by'] or '-'})")
+        print(f"  label {label} -> v{lv['version']}  (moved {fmt_time(lv['updated_at'])} by {lv['updated_by'] or '-'})")
     if v is not None:
-        print(f"\nversion {v.version}  model={v.model}  created {_t(v.created_at)} by {v.created_by or '-'}"
+        print(f"\nversion {v.version}  model={v.model}  created {fmt_time(v.created_at)} by {v.created_by or '-'}"
               + (f"\n  note: {v.note}" if v.note else ""))
         print(f"  variables: {', '.join(v.variables) or '-'}")
         if v.params:
@@ -174,7 +164,7 @@ def cmd_prompts_create(args: argparse.Namespace) -> int:
         body["description"] = args.description
     v = _registry(args).create_version(args.name, body, _actor(args), force=args.force)
     if args.json:
-        _out(v.to_dict())
+        print_json(v.to_dict())
     else:
         labels = ", ".join(body.get("labels") or []) or "no labels"
         print(f"created {v.name} version {v.version} ({labels}); variables: {', '.join(v.variables) or 'none'}")
@@ -199,7 +189,7 @@ def cmd_prompts_diff(args: argparse.Namespace) -> int:
     sel = (lambda s: int(s) if s.isdigit() else s)
     out = _registry(args).diff(args.name, sel(args.a), sel(args.b), args.context)
     if args.json:
-        _out(out)
+        print_json(out)
     else:
         print(out["diff"] or f"(v{out['from']} and v{out['to']} are identical)")
     return 0
@@ -214,7 +204,7 @@ def cmd_prompts_render(args: argparse.Namespace) -> int:
         if not sep:
             raise ConfigError(f"--var {kv!r}: expected NAME=VALUE")
         variables[k] = v
-    _out(_registry(args).render(args.ref, variables))
+    print_json(_registry(args).render(args.ref, variables))
     return 0
 
 
@@ -225,16 +215,13 @@ def cmd_prompts_history(args: argparse.Namespace) -> int:
 
 def _print_audit(args: argparse.Namespace, rows: list[dict[str, Any]], nxt: str | None) -> int:
     if args.json:
-        _out({"data": rows, "next_cursor": nxt})
+        print_json({"data": rows, "next_cursor": nxt})
         return 0
-    print(f"{'WHEN (UTC)':19}  {'WHO':14}  {'ACTION':18}  {'PROMPT':20}  {'LABEL':12}  {'VERSIONS':12}  GATE")
-    for r in rows:
-        vers = (f"v{r['from_version']}->" if r["from_version"] else "") + (f"v{r['to_version']}" if r["to_version"] else "")
-        gate = "" if not r["gate"] else f"{r['gate']} ({'passed' if r['gate_passed'] else 'FAILED'})"
-        print(f"{_t(r['ts']):19}  {r['actor'][:14]:14}  {r['action'][:18]:18}  {_f(r['prompt'])[:20]:20}  "
-              f"{_f(r['label'])[:12]:12}  {vers:12}  {gate}")
-    if not rows:
-        print("(nothing recorded)")
+    print_table(AUDIT_COLUMNS, [
+        [fmt_time(r["ts"]), r["actor"], r["action"], fmt(r["prompt"]), fmt(r["label"]),
+         (f"v{r['from_version']}->" if r["from_version"] else "") + (f"v{r['to_version']}" if r["to_version"] else ""),
+         "" if not r["gate"] else f"{r['gate']} ({'passed' if r['gate_passed'] else 'FAILED'})"]
+        for r in rows], empty="(nothing recorded)")
     return 0
 
 
@@ -247,20 +234,17 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
     start = args.since if args.since is not None else end - 86400
     rows = ReleaseStore(_store(args)).shadow_report(alias=args.alias, start=start, end=end)
     if args.json:
-        _out({"data": rows, "window": {"start": start, "end": end}})
+        print_json({"data": rows, "window": {"start": start, "end": end}})
         return 0
     if not rows:
         print("(no shadow results in this window)")
         return 0
-    print(f"{'ALIAS':14}  {'CANDIDATE':26}  {'N':>5}  {'ERR':>4}  {'EXACT':>6}  {'JSON=':>6}  {'SIMIL':>5}  "
-          f"{'JUDGE':>5}  {'MS CAND/PROD':>15}  {'COST CAND/PROD $':>22}")
-    for r in rows:
-        ms = f"{_f(r['latency_ms'], '.0f')}/{_f(r['prod_latency_ms'], '.0f')}"
-        cost = f"{_f(r['cost_usd'], '.6f')}/{_f(r['prod_cost_usd'], '.6f')}" if r["cost_n"] else "unknown"
-        json_eq = _pct(r["json_equal_rate"]) if r["json_n"] else "-"
-        print(f"{r['alias'][:14]:14}  {r['candidate'][:26]:26}  {int(r['n']):>5}  {int(r['errors']):>4}  "
-              f"{_pct(r['exact_rate']):>6}  {json_eq:>6}  {_f(r['similarity'], '.2f'):>5}  "
-              f"{_f(r['judge_score'], '.2f'):>5}  {ms:>15}  {cost:>22}")
+    print_table(SHADOW_COLUMNS, [
+        [r["alias"], r["candidate"], int(r["n"]), int(r["errors"]), pct(r["exact_rate"]),
+         pct(r["json_equal_rate"]) if r["json_n"] else "-", fmt(r["similarity"], ".2f"), fmt(r["judge_score"], ".2f"),
+         f"{fmt(r['latency_ms'], '.0f')}/{fmt(r['prod_latency_ms'], '.0f')}",
+         f"{fmt(r['cost_usd'], '.6f')}/{fmt(r['prod_cost_usd'], '.6f')}" if r["cost_n"] else "unknown"]
+        for r in rows])
     print("\nEXACT: same text; JSON=: same JSON value (when production answered JSON); SIMIL: 0-1 wording "
           "similarity; JUDGE: 0-1 judge score; latency averages of successful calls; costs summed over "
           "calls with a known price")
@@ -289,7 +273,7 @@ def _experiments(args: argparse.Namespace) -> dict[str, tuple[str, Any]]:
 def cmd_experiments_list(args: argparse.Namespace) -> int:
     exps = _experiments(args)
     if args.json:
-        _out({"data": [{"name": n, "alias": a, **c.model_dump()} for n, (a, c) in exps.items()]})
+        print_json({"data": [{"name": n, "alias": a, **c.model_dump()} for n, (a, c) in exps.items()]})
         return 0
     for name, (alias, cfg) in sorted(exps.items()):
         weights = ", ".join(f"{k}={v:.0%}" for k, v in cfg.fractions().items())
@@ -306,24 +290,21 @@ def cmd_experiments_report(args: argparse.Namespace) -> int:
 
     exps = _experiments(args)
     if args.name not in exps:
-        print(f"shipyard: experiment {args.name!r} is not in the config "
-              f"(experiments: {', '.join(sorted(exps)) or 'none'}; pass --config)", file=sys.stderr)
-        return 1
+        return fail(f"experiment {args.name!r} is not in the config "
+                    f"(experiments: {', '.join(sorted(exps)) or 'none'}; pass --config)")
     alias, cfg = exps[args.name]
     end = time.time() + 60
     start = args.since if args.since is not None else end - 30 * 86400
     out = report(cfg, alias, ReleaseStore(_store(args)), start, end)
     if args.json:
-        _out(out)
+        print_json(out)
         return 0
     print(f"experiment {cfg.name} on alias {alias}: mode {cfg.mode}, unit {cfg.unit}, metric {cfg.metric}")
-    print(f"{'VARIANT':16}  {'WEIGHT':>6}  {'N':>6}  {'UNITS':>6}  {'SUCCESS':>8}  {'EVAL PASS':>9}  {'FEEDBACK':>8}  "
-          f"{'MS':>8}  {'COST $':>10}")
-    for v in out["variants"]:
-        fb = v["feedback"]["mean"] if v["feedback"] else None
-        print(f"{v['name'][:16]:16}  {v['weight']:>6.0%}  {v['exposures']:>6}  {v['units']:>6}  "
-              f"{_pct(v['success_rate']):>8}  {_pct(v['evaluator']['pass_rate']):>9}  {_f(fb, '.3f'):>8}  "
-              f"{_f(v['latency_ms'], '.0f'):>8}  {_f(v['cost_usd'], '.6f'):>10}")
+    print_table(VARIANT_COLUMNS, [
+        [v["name"], f"{v['weight']:.0%}", v["exposures"], v["units"], pct(v["success_rate"]),
+         pct(v["evaluator"]["pass_rate"]), fmt(v["feedback"]["mean"] if v["feedback"] else None, ".3f"),
+         fmt(v["latency_ms"], ".0f"), fmt(v["cost_usd"], ".6f")]
+        for v in out["variants"]])
     for c in out["comparisons"]:
         if c.get("diff") is None:
             print(f"\n{c['variant']} vs {c['control']}: not enough data ({c.get('note') or 'no outcomes yet'})")
@@ -350,11 +331,10 @@ def cmd_release_promote(args: argparse.Namespace) -> int:
                       config_path=getattr(args, "config", None))
     except PromotionRejected as exc:
         if args.json:
-            _out({"promoted": False, "error": exc.to_dict()["error"]})
-        print(f"shipyard: {exc.message}", file=sys.stderr)
-        return 1
+            print_json({"promoted": False, "error": exc.to_dict()["error"]})
+        return fail(exc.message)
     if args.json:
-        _out({"promoted": True, **out})
+        print_json({"promoted": True, **out})
         return 0
     was = f" (was v{out['from_version']})" if out["from_version"] else ""
     gate = f"; gate {out['gate']} passed" if out["gate"] else "; no gate (forced)"
