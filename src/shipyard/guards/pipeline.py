@@ -42,25 +42,35 @@ Caller = Callable[[list[dict[str, Any]] | None, Any], Awaitable[tuple[dict[str, 
 
 
 # --------------------------------------------------------------------------- errors
-class GuardBlocked(GatewayError):
-    """A guard with ``action: block`` refused the request (400, code ``content_filter``)."""
+class GuardBlocked(InvalidRequest):
+    """A guard with ``action: block`` refused the request or stopped the answer (400, the
+    guard's block code, e.g. ``content_filter``)."""
 
-    status = 400
-    type = "invalid_request_error"
+    def __init__(self, message: str, cg: Compiled, v: Verdict, trace_id: str, param: str | None = None) -> None:
+        super().__init__(message, code=cg.guard.block_code, param=param,
+                         details={"guard": cg.id, "type": cg.guard.name, "stage": cg.stage, "score": v.score,
+                                  "trace_id": trace_id})
 
 
 class GuardUnavailable(GatewayError):
-    """A guard crashed or timed out under ``on_error: fail_closed``."""
+    """A guard crashed or timed out under ``on_error: fail_closed`` (503 ``guard_unavailable``)."""
 
     status = 503
-    type = "api_error"
+
+    def __init__(self, message: str, cg: Compiled) -> None:
+        super().__init__(message, code="guard_unavailable", details={"guard": cg.id, "stage": cg.stage})
 
 
-class OutputInvalid(GatewayError):
-    """Structured output still failed after every re-ask and fall-back."""
+class OutputValidationFailed(GatewayError):
+    """Structured output still failed after every re-ask and fall-back (502)."""
 
     status = 502
-    type = "api_error"
+
+    def __init__(self, cg: Compiled, v: Verdict, trace_id: str) -> None:
+        super().__init__(
+            f"The model's output failed the '{cg.id}' check after {cg.guard.options.max_attempts} re-ask(s) and every "
+            f"fallback: {v.reason}.", code="output_validation_failed",
+            details={"guard": cg.id, "type": cg.guard.name, "stage": "output", "trace_id": trace_id})
 
 
 class NoMoreTargets(Exception):
@@ -385,17 +395,13 @@ class RequestGuards:
             self._record(cg, verdict, err, "fail_closed", start, ms, span_id, **extra)
             raise GuardUnavailable(
                 f"The {cg.stage} guard '{cg.id}' could not run ({err}); model '{self.ag.alias}' is configured to "
-                "fail closed, so the request was not served.", code="guard_unavailable",
-                details={"guard": cg.id, "stage": cg.stage})
+                "fail closed, so the request was not served.", cg)
         self._record(cg, verdict, err, "fail_open", start, ms, span_id, **extra)
 
     def _blocked(self, cg: Compiled, v: Verdict) -> GuardBlocked:
         score = f" (score {v.score:.2f})" if v.score is not None else ""
-        return GuardBlocked(
-            f"Request blocked by the input guard '{cg.id}': {v.reason}{score}.",
-            code=cg.guard.block_code, param="messages",
-            details={"guard": cg.id, "type": cg.guard.name, "stage": "input", "score": v.score,
-                     "trace_id": self.span.trace_id})
+        return GuardBlocked(f"Request blocked by the input guard '{cg.id}': {v.reason}{score}.", cg, v,
+                            self.span.trace_id, param="messages")
 
     # ---- input ----------------------------------------------------------------------
     async def run_input(self) -> dict[str, Any] | None:
@@ -767,21 +773,10 @@ class RequestGuards:
     def _stream_error(self, cg: Compiled, v: Verdict | None, unavailable: bool = False) -> GatewayError:
         if unavailable:
             return GuardUnavailable(f"The output guard '{cg.id}' failed and model '{self.ag.alias}' fails closed; "
-                                    "the stream was stopped.", code="guard_unavailable",
-                                    details={"guard": cg.id, "stage": "output"})
+                                    "the stream was stopped.", cg)
         assert v is not None
-        return GuardBlocked(f"The response was stopped by the output guard '{cg.id}': {v.reason}.",
-                            code=cg.guard.block_code,
-                            details={"guard": cg.id, "type": cg.guard.name, "stage": "output", "score": v.score,
-                                     "trace_id": self.span.trace_id})
-
-
-class OutputValidationFailed(OutputInvalid):
-    def __init__(self, cg: Compiled, v: Verdict, trace_id: str) -> None:
-        super().__init__(
-            f"The model's output failed the '{cg.id}' check after {cg.guard.options.max_attempts} re-ask(s) and every "
-            f"fallback: {v.reason}.", code="output_validation_failed",
-            details={"guard": cg.id, "type": cg.guard.name, "stage": "output", "trace_id": trace_id})
+        return GuardBlocked(f"The response was stopped by the output guard '{cg.id}': {v.reason}.", cg, v,
+                            self.span.trace_id)
 
 
 def _streamable(g: Guard) -> bool:
