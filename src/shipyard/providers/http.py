@@ -1,15 +1,15 @@
-"""Shared HTTP plumbing for providers that speak HTTP: a pooled session and SSE reading."""
+"""Shared HTTP plumbing for providers that speak HTTP: a pooled client, error mapping and SSE reading."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any, AsyncIterator
 
-import aiohttp
 import orjson
 
 from ..errors import UpstreamError, parse_retry_after
 from .base import CallTimeouts, Provider
+from .http_client import ConnectionFailed, LeanHttpClient, Response
 
 
 def connection_error(name: str, exc: BaseException) -> UpstreamError:
@@ -22,58 +22,34 @@ def connection_error(name: str, exc: BaseException) -> UpstreamError:
 
 
 class HttpClient:
-    """One aiohttp session per provider, created on the running loop, reused for every call."""
+    """One lean keep-alive client (http_client.py) per provider, created on the running loop."""
 
     def __init__(self, headers: dict[str, str], max_connections: int) -> None:
         self.headers = headers
         self.max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+        self._client: LeanHttpClient | None = None
 
     async def start(self) -> None:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self.max_connections, ttl_dns_cache=300, keepalive_timeout=30
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers=self.headers, auto_decompress=True,
-                cookie_jar=aiohttp.DummyCookieJar(),  # an API gateway never replays cookies
-            )
+        if self._client is None or not self._client.open:
+            self._client = LeanHttpClient(self.headers, self.max_connections)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
-    def _timeout(self, t: CallTimeouts) -> aiohttp.ClientTimeout:
-        key = (t.total, t.connect)
-        cached = self._timeouts.get(key)
-        if cached is None:
-            cached = self._timeouts[key] = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect)
-        return cached
-
-    def _session_or_fail(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+    def _client_or_fail(self) -> LeanHttpClient:
+        if self._client is None or not self._client.open:
             raise UpstreamError("provider is not started", retryable=False, kind="not_started")
-        return self._session
+        return self._client
 
-    def post(self, url: str, body: dict[str, Any], t: CallTimeouts, headers: dict[str, str] | None = None):
-        """A context manager for one POST whose body is read in full."""
-        return self._session_or_fail().post(
-            url, data=orjson.dumps(body), timeout=self._timeout(t), headers=headers
-        )
-
-    async def open(
-        self, url: str, body: dict[str, Any], t: CallTimeouts, headers: dict[str, str] | None = None
-    ) -> aiohttp.ClientResponse:
-        """Start a POST and return once headers arrive; the caller reads and closes it."""
-        return await self._session_or_fail().post(
-            url, data=orjson.dumps(body), timeout=self._timeout(t), headers=headers
-        )
+    async def post(self, url: str, body: dict[str, Any], t: CallTimeouts, *, stream: bool = False) -> Response:
+        """POST ``body`` as JSON; the whole response, or (``stream``) its head to read on."""
+        return await self._client_or_fail().post(url, orjson.dumps(body), t.total, t.connect, stream=stream)
 
 
 async def read_sse(
-    resp: aiohttp.ClientResponse, name: str, t: CallTimeouts
+    resp: Response, name: str, t: CallTimeouts
 ) -> AsyncIterator[tuple[str | None, bytes]]:
     """Yield (event, data) for each server-sent event; the first within ``t.ttft`` seconds.
 
@@ -87,6 +63,7 @@ async def read_sse(
     data: list[bytes] = []
     first = True
     content = resp.content
+    assert content is not None, "read_sse needs a response opened with stream=True"
     try:
         while True:
             if first and t.ttft is not None:
@@ -115,9 +92,9 @@ async def read_sse(
             elif line.startswith(b"event:"):
                 event = line[6:].strip().decode()
             # comments (":...") and other fields (id, retry) are ignored
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise timeout_error(name, t) from None
-    except aiohttp.ClientError as exc:
+    except ConnectionFailed as exc:
         raise connection_error(name, exc) from None
 
 
@@ -165,14 +142,14 @@ class HttpProvider(Provider):
     async def post_json(self, url: str, body: dict[str, Any], t: CallTimeouts) -> dict[str, Any]:
         """POST and return the JSON object answered; every failure is an UpstreamError."""
         try:
-            async with self._http.post(url, body, t) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise self.http_error(resp.status, raw, resp.headers)
-        except asyncio.TimeoutError:
+            resp = await self._http.post(url, body, t)
+            raw = await resp.read()
+        except TimeoutError:
             raise timeout_error(self.name, t) from None
-        except aiohttp.ClientError as exc:
+        except ConnectionFailed as exc:
             raise connection_error(self.name, exc) from None
+        if resp.status >= 400:
+            raise self.http_error(resp.status, raw, resp.headers)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -181,18 +158,18 @@ class HttpProvider(Provider):
             raise malformed(self.name, "response is not a JSON object")
         return data
 
-    async def open_stream(self, url: str, body: dict[str, Any], t: CallTimeouts) -> aiohttp.ClientResponse:
+    async def open_stream(self, url: str, body: dict[str, Any], t: CallTimeouts) -> Response:
         """POST a streaming request; return the response once a 2xx status arrived."""
         try:
-            resp = await self._http.open(url, body, t)
-        except asyncio.TimeoutError:
+            resp = await self._http.post(url, body, t, stream=True)
+        except TimeoutError:
             raise timeout_error(self.name, t) from None
-        except aiohttp.ClientError as exc:
+        except ConnectionFailed as exc:
             raise connection_error(self.name, exc) from None
         if resp.status >= 400:
             try:
                 raw = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (ConnectionFailed, TimeoutError):
                 raw = b""
             finally:
                 resp.close()

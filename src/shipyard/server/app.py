@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -17,14 +17,25 @@ from starlette.routing import Route
 
 from ..cache.keys import REQUEST_CACHE_CONTROL
 from ..engine import Engine
-from ..errors import GatewayError, InvalidRequest, PayloadTooLarge
+from ..errors import GatewayError
 from ..tracing.context import parse_traceparent
 from ..types import parse_chat_request, parse_embeddings_request
+from .hot_path import (
+    ClientGone,
+    Handler,
+    HotRoutes,
+    header,
+    parse_json_body,
+    read_body,
+    send_client_gone,
+    send_error,
+    send_json,
+    until_disconnect,
+)
 
 log = logging.getLogger("shipyard.server")
 
 SSE_DONE = b"data: [DONE]\n\n"
-T = TypeVar("T")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -37,26 +48,14 @@ def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> 
 
 async def read_json(request: Request, limit: int) -> Any:
     """The request body as JSON, refusing bodies over ``limit`` bytes (413) and bad JSON (400)."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"Request body is {length} bytes; the limit is {limit} bytes.",
-                              code="request_too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.", code="request_too_large")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw:
-        raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_body")
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+        raw = await read_body(request.receive, request.headers.get("content-length"), limit)
+    except ClientGone:
+        raise ClientDisconnect() from None
+    return parse_json_body(raw)
 
 
-def create_app(engine: Engine) -> Starlette:
+def create_app(engine: Engine) -> HotRoutes:
     cfg = engine.config.server
     trace_header = cfg.trace_header
     limit = cfg.max_body_bytes
@@ -67,73 +66,87 @@ def create_app(engine: Engine) -> Starlette:
     access = build_access(engine)
     # ---- end access
 
-    def start_span(request: Request, kind: str, name: str, user: str | None, metadata: dict[str, Any]):
-        parent = parse_traceparent(request.headers.get("traceparent"))
+    def start_span(scope: Any, kind: str, name: str, user: str | None, metadata: dict[str, Any]):
+        parent = parse_traceparent(header(scope, b"traceparent"))
         trace_id, parent_id = parent if parent else (None, None)
         return engine.new_span(kind, name, trace_id=trace_id, parent_id=parent_id, user=user, metadata=metadata)
 
-    async def chat_completions(request: Request) -> Response:
+    async def body_of(scope: Any, receive: Any, send: Any) -> Any:
+        """The parsed JSON body; None once an error (or nothing: client gone) was answered."""
         try:
-            req = parse_chat_request(await read_json(request, limit))
+            return parse_json_body(await read_body(receive, header(scope, b"content-length"), limit))
         except GatewayError as exc:
-            return error_response(exc)
-        except ClientDisconnect:
-            return Response(status_code=499)
-        span = start_span(request, "llm", "chat " + req.model, req.user, req.metadata)
+            await send_error(send, exc)
+        except ClientGone:
+            await send_client_gone(send)
+        return None
+
+    # The OpenAI routes are raw ASGI handlers (hot_path.py): no Starlette layers per request.
+    async def chat_completions(scope: Any, receive: Any, send: Any) -> None:
+        data = await body_of(scope, receive, send)
+        if data is None:
+            return
+        try:
+            req = parse_chat_request(data)
+        except GatewayError as exc:
+            return await send_error(send, exc)
+        span = start_span(scope, "llm", "chat " + req.model, req.user, req.metadata)
         headers = {trace_header: span.trace_id}
-        REQUEST_CACHE_CONTROL.set(request.headers.get("cache-control"))  # cache: no-store, no-cache, max-age
+        REQUEST_CACHE_CONTROL.set(header(scope, b"cache-control"))  # cache: no-store, no-cache, max-age
         lease = None  # ---- access: the key's aliases, rate limits, budget reservation (settled when done)
         if access is not None:
             try:
-                lease = await access.admit(request, req.model, req.body, span)
+                lease = await access.admit(Request(scope, receive), req.model, req.body, span)
             except GatewayError as exc:
-                return error_response(exc, headers)
+                return await send_error(send, exc, headers)
         try:
             if not req.stream:
                 call = engine.complete(req, span)
-                resp = await until_disconnect(request, call if lease is None else lease.run(call, span))
+                resp = await until_disconnect(receive, call if lease is None else lease.run(call, span))
                 if resp is None:
-                    return Response(status_code=499)
+                    return await send_client_gone(send)
                 if "cache" in span.attributes:  # cache: hit | miss | bypass
                     headers["x-shipyard-cache"] = span.attributes["cache"]
-                return json_response(resp, headers=headers)
+                return await send_json(send, resp, headers=headers)
             call = engine.open_stream(req, span)
-            chunks = await until_disconnect(request, call if lease is None else lease.run_stream(call, span))
+            chunks = await until_disconnect(receive, call if lease is None else lease.run_stream(call, span))
             if chunks is None:
-                return Response(status_code=499)
+                return await send_client_gone(send)
         except GatewayError as exc:
-            return error_response(exc, headers)
+            return await send_error(send, exc, headers)
         if span.attributes.get("fallback_response"):
             headers["x-shipyard-fallback"] = "true"
         if "cache" in span.attributes:  # cache: hit | miss | bypass
             headers["x-shipyard-cache"] = span.attributes["cache"]
-        return StreamingResponse(sse(chunks), media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"})
+        stream = StreamingResponse(sse(chunks), media_type="text/event-stream",
+                                   headers={**headers, "cache-control": "no-cache"})
+        await stream(scope, receive, send)  # relays chunks; a client that leaves cancels the upstream
 
-    async def embeddings(request: Request) -> Response:
+    async def embeddings(scope: Any, receive: Any, send: Any) -> None:
+        data = await body_of(scope, receive, send)
+        if data is None:
+            return
         try:
-            model, _inputs, body = parse_embeddings_request(await read_json(request, limit))
+            model, _inputs, body = parse_embeddings_request(data)
         except GatewayError as exc:
-            return error_response(exc)
-        except ClientDisconnect:
-            return Response(status_code=499)
+            return await send_error(send, exc)
         user = body.get("user") if isinstance(body.get("user"), str) else None
-        span = start_span(request, "embedding", "embeddings " + model, user, {})
+        span = start_span(scope, "embedding", "embeddings " + model, user, {})
         headers = {trace_header: span.trace_id}
         lease = None  # ---- access: the key's aliases, rate limits, budget reservation
         if access is not None:
             try:
-                lease = await access.admit(request, model, body, span, embeddings=True)
+                lease = await access.admit(Request(scope, receive), model, body, span, embeddings=True)
             except GatewayError as exc:
-                return error_response(exc, headers)
+                return await send_error(send, exc, headers)
         try:
             call = engine.embed(model, body, span)
-            resp = await until_disconnect(request, call if lease is None else lease.run(call, span))
+            resp = await until_disconnect(receive, call if lease is None else lease.run(call, span))
             if resp is None:
-                return Response(status_code=499)
-            return json_response(resp, headers=headers)
+                return await send_client_gone(send)
+            return await send_json(send, resp, headers=headers)
         except GatewayError as exc:
-            return error_response(exc, headers)
+            return await send_error(send, exc, headers)
 
     async def models(request: Request) -> Response:
         data = [
@@ -196,11 +209,11 @@ def create_app(engine: Engine) -> Starlette:
             if access is not None:  # the shared Redis clients (limits, cache) go last
                 await access.close_clients()
 
-    routes = [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
-        Route("/embeddings", embeddings, methods=["POST"]),
+    hot: dict[str, Handler] = {"/v1/chat/completions": chat_completions, "/chat/completions": chat_completions,
+                               "/v1/embeddings": embeddings, "/embeddings": embeddings}
+    # Starlette keeps these paths too: other methods get a 405, and the app works without HotRoutes
+    routes = [Route(path, _AsgiEndpoint(handler), methods=["POST"]) for path, handler in hot.items()]
+    routes += [
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model_detail, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
@@ -214,6 +227,7 @@ def create_app(engine: Engine) -> Starlette:
 
     routes += key_routes(engine, access)
     middleware = []
+    wrap = None
     if access is not None:
         access.register_metrics(engine)
         if access.auth_on:
@@ -222,6 +236,9 @@ def create_app(engine: Engine) -> Starlette:
             from ..access.middleware import AccessMiddleware
 
             middleware.append(Middleware(AccessMiddleware, access=access))
+
+            def wrap(handler: Handler) -> Handler:
+                return AccessMiddleware(handler, access=access)
     # ---- end access
     app = Starlette(
         routes=routes,
@@ -231,33 +248,18 @@ def create_app(engine: Engine) -> Starlette:
     )
     app.state.engine = engine
     app.state.access = access  # access: read by access.require_role()
-    return app
+    return HotRoutes(app, hot, wrap)
 
 
-async def until_disconnect(request: Request, coro: Awaitable[T]) -> T | None:
-    """Await ``coro``; if the client hangs up first, cancel it (and the upstream call) and
-    return None. The request body must already have been read."""
-    task = asyncio.current_task()
-    gone = False
+class _AsgiEndpoint:
+    """A raw ASGI handler as a Starlette endpoint (an instance, so Starlette passes it the
+    ASGI triple instead of a Request)."""
 
-    async def watch() -> None:
-        nonlocal gone
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                gone = True
-                task.cancel()
-                return
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
 
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        return await coro
-    except asyncio.CancelledError:
-        if gone and task.uncancel() == 0:
-            return None
-        raise
-    finally:
-        watcher.cancel()
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.handler(scope, receive, send)
 
 
 async def sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
