@@ -327,6 +327,11 @@ class Observation:
         if self.capture_output:
             self._span.output = jsonable(value)
 
+    def _finish(self, value: Any) -> None:
+        """The step returned ``value``: its output (unless set by hand), then the end."""
+        self._result(value)
+        self._end()
+
     def _end(self, exc: BaseException | None = None) -> None:
         if self._closed:
             return
@@ -541,10 +546,44 @@ def _input_binder(fn: Callable[..., Any]) -> Callable[[tuple, dict], Any]:
     return bind
 
 
+class _Current:
+    """``with _Current(obs):`` the step is the current one (the parent of steps and gateway
+    calls started inside) until the block ends."""
+
+    __slots__ = ("obs", "token")
+
+    def __init__(self, obs: Observation) -> None:
+        self.obs = obs
+
+    def __enter__(self) -> None:
+        self.token = _CURRENT.set(self.obs)
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        _CURRENT.reset(self.token)
+
+
+class _EndOnError:
+    """``with _EndOnError(obs):`` an exception escaping the block ends the step with that
+    error (type and message recorded) and goes on up."""
+
+    __slots__ = ("obs",)
+
+    def __init__(self, obs: Observation) -> None:
+        self.obs = obs
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self.obs._end(exc)
+
+
 class _Collected:
     """A generator's yielded items, kept (capped) as its output; strings are joined."""
 
-    def __init__(self) -> None:
+    def __init__(self, obs: Observation) -> None:
+        self.obs = obs
         self.items: list[Any] = []
         self.count = 0
 
@@ -553,12 +592,13 @@ class _Collected:
         if len(self.items) < _MAX_ITEMS:
             self.items.append(item)
 
-    def finish(self, obs: Observation) -> None:
-        obs._span.attributes["yielded"] = self.count
+    def finish(self) -> None:
+        """Record the items as the step's output and end the step."""
+        self.obs._span.attributes["yielded"] = self.count
         if self.items and all(isinstance(i, str) for i in self.items):
-            obs._result("".join(self.items))
+            self.obs._finish("".join(self.items))
         else:
-            obs._result(self.items)
+            self.obs._finish(self.items)
 
 
 class ObserveOptions:
@@ -638,46 +678,39 @@ class ObserveOptions:
         name = self.name or _default_name(fn)
         bind = _input_binder(fn) if self.capture_input else (lambda a, k: None)
 
+        # Every wrapper runs the function's own code inside `with _Current(obs), _EndOnError(obs)`
+        # and ends the step with what it returned; the generator wrappers do so for each step
+        # of the generator, collect what it yields, and end the step when it is exhausted or
+        # closed early. The sync and async forms differ only in `await`.
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
             async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 obs = self.start(name, bind(args, kwargs))
-                collected = _Collected()
-                try:
+                collected = _Collected(obs)
+                with _EndOnError(obs):
                     inner = fn(*args, **kwargs)
-                except BaseException as exc:
-                    obs._end(exc)
-                    raise
                 op, arg = inner.asend, None
                 while True:
-                    token = _CURRENT.set(obs)
-                    try:
-                        item = await op(arg)
-                    except StopAsyncIteration:
-                        break
-                    except BaseException as exc:
-                        obs._end(exc)
-                        raise
-                    finally:
-                        _CURRENT.reset(token)
+                    with _Current(obs), _EndOnError(obs):
+                        try:
+                            item = await op(arg)
+                        except StopAsyncIteration:
+                            break
                     collected.add(item)
                     try:
                         arg = yield item
                         op = inner.asend
                     except GeneratorExit:  # the consumer stopped early
                         obs._span.attributes["stopped_early"] = True
-                        token = _CURRENT.set(obs)
                         try:
-                            await inner.aclose()
+                            with _Current(obs):
+                                await inner.aclose()
                         finally:
-                            _CURRENT.reset(token)
-                            collected.finish(obs)
-                            obs._end()
+                            collected.finish()
                         raise
                     except BaseException as thrown:
                         op, arg = inner.athrow, thrown
-                collected.finish(obs)
-                obs._end()
+                collected.finish()
 
             return agen_wrapper  # type: ignore[return-value]
 
@@ -685,43 +718,32 @@ class ObserveOptions:
             @functools.wraps(fn)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
                 obs = self.start(name, bind(args, kwargs))
-                collected = _Collected()
-                try:
+                collected = _Collected(obs)
+                with _EndOnError(obs):
                     inner = fn(*args, **kwargs)
-                except BaseException as exc:
-                    obs._end(exc)
-                    raise
                 op, arg = inner.send, None
                 while True:
-                    token = _CURRENT.set(obs)
-                    try:
-                        item = op(arg)
-                    except StopIteration as stop:
-                        result = stop.value
-                        break
-                    except BaseException as exc:
-                        obs._end(exc)
-                        raise
-                    finally:
-                        _CURRENT.reset(token)
+                    with _Current(obs), _EndOnError(obs):
+                        try:
+                            item = op(arg)
+                        except StopIteration as stop:
+                            result = stop.value
+                            break
                     collected.add(item)
                     try:
                         arg = yield item
                         op = inner.send
                     except GeneratorExit:  # the consumer stopped early
                         obs._span.attributes["stopped_early"] = True
-                        token = _CURRENT.set(obs)
                         try:
-                            inner.close()
+                            with _Current(obs):
+                                inner.close()
                         finally:
-                            _CURRENT.reset(token)
-                            collected.finish(obs)
-                            obs._end()
+                            collected.finish()
                         raise
                     except BaseException as thrown:
                         op, arg = inner.throw, thrown
-                collected.finish(obs)
-                obs._end()
+                collected.finish()
                 return result
 
             return gen_wrapper  # type: ignore[return-value]
@@ -730,16 +752,9 @@ class ObserveOptions:
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 obs = self.start(name, bind(args, kwargs))
-                token = _CURRENT.set(obs)
-                try:
+                with _Current(obs), _EndOnError(obs):
                     result = await fn(*args, **kwargs)
-                except BaseException as exc:
-                    obs._end(exc)
-                    raise
-                finally:
-                    _CURRENT.reset(token)
-                obs._result(result)
-                obs._end()
+                obs._finish(result)
                 return result
 
             return async_wrapper  # type: ignore[return-value]
@@ -747,16 +762,9 @@ class ObserveOptions:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             obs = self.start(name, bind(args, kwargs))
-            token = _CURRENT.set(obs)
-            try:
+            with _Current(obs), _EndOnError(obs):
                 result = fn(*args, **kwargs)
-            except BaseException as exc:
-                obs._end(exc)
-                raise
-            finally:
-                _CURRENT.reset(token)
-            obs._result(result)
-            obs._end()
+            obs._finish(result)
             return result
 
         return wrapper  # type: ignore[return-value]
