@@ -667,13 +667,25 @@ def shipyard_command(args: argparse.Namespace) -> list[str]:
     )
 
 
-def start_shipyard(args: argparse.Namespace, workdir: Path, mock_port: int) -> Target:
+def start_shipyard(
+    args: argparse.Namespace, workdir: Path, mock_port: int, name: str = "shipyard",
+    shadow_sample: float | None = None,
+) -> Target:
+    """Shipyard on the mock; with ``shadow_sample``, the alias also mirrors that share of
+    its calls to a candidate model on the same mock (in the background)."""
     port = free_port()
     t = Target(
-        "shipyard", f"http://{HOST}:{port}/v1/chat/completions", "bench", "sk-bench"
+        name, f"http://{HOST}:{port}/v1/chat/completions", "bench", "sk-bench"
     )
-    db = workdir / "bench.db"
-    cfg = workdir / "shipyard.yaml"
+    db = workdir / f"{name}.db"
+    cfg = workdir / f"{name}.yaml"
+    shadow = (
+        "    shadow:\n"
+        f"      sample: {shadow_sample}\n"
+        f"      candidates: [{{name: candidate, provider: mock, model: {UPSTREAM_MODEL}-candidate}}]\n"
+        if shadow_sample is not None
+        else ""
+    )
     cfg.write_text(
         f"store: sqlite:///{db}\n"
         "providers:\n"
@@ -681,7 +693,8 @@ def start_shipyard(args: argparse.Namespace, workdir: Path, mock_port: int) -> T
         "models:\n"
         "  bench:\n"
         f"    targets: [{{provider: mock, model: {UPSTREAM_MODEL}}}]\n"
-        "prices:\n"
+        + shadow
+        + "prices:\n"
         f"  {UPSTREAM_MODEL}: {{input: 0.15, output: 0.60}}\n"
     )
     try:
@@ -696,8 +709,8 @@ def start_shipyard(args: argparse.Namespace, workdir: Path, mock_port: int) -> T
         + shlex.join(["shipyard"] + argv[len(cmd) :]).replace(str(workdir), "$TMP")
     )
     env = _child_env()
-    log_path = workdir / "shipyard.log"
-    t.proc = CHILDREN.start("shipyard", argv, log_path=log_path, env=env, cwd=workdir)
+    log_path = workdir / f"{name}.log"
+    t.proc = CHILDREN.start(name, argv, log_path=log_path, env=env, cwd=workdir)
     try:
         t.startup_s = wait_http_ok(
             f"http://{HOST}:{port}/health", t.proc, args.start_timeout
@@ -993,6 +1006,16 @@ def build_report(
         f"| Shipyard RSS after the run (VmRSS; peak VmHWM) | {'–' if rss is None else f'{rss:.0f} MB (peak {hwm:.0f} MB)'} "
         f"| <= {GOAL_RSS_MB:g} MB | {verdict(None if rss is None else rss <= GOAL_RSS_MB)} |"
     )
+    shadow = {p.conc: p for p in points.get("shipyard+shadow", []) if not p.failed}
+    plain = {p.conc: p for p in points.get("shipyard", []) if not p.failed}
+    shadow_c1 = (
+        (shadow[1].p50_us - plain[1].p50_us) / 1000.0 if (1 in shadow and 1 in plain) else None
+    )
+    if shadow:
+        L(
+            f"| Shadow traffic: client p50 at c=1 with vs without | {'–' if shadow_c1 is None else f'{shadow_c1:+.3f} ms'} "
+            f"| no measurable latency | {verdict(None if shadow_c1 is None else shadow_c1 <= 0.1)} |"
+        )
     if lite and lite.memory.get("rss_mb") is not None:
         L(
             f"| (reference) LiteLLM RSS after the run | {lite.memory['rss_mb']:.0f} MB (peak {lite.memory['hwm_mb']:.0f} MB) | – | – |"
@@ -1004,6 +1027,7 @@ def build_report(
         "shipyard_added_p50_ms_c1": added_c1,
         "shipyard_rss_mb": rss,
         "shipyard_hwm_mb": hwm,
+        "shadow_added_p50_ms_c1": shadow_c1,
     }
     return "\n".join(lines), summary
 
@@ -1135,7 +1159,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip-litellm", action="store_true", help="do not run the LiteLLM leg"
     )
     ap.add_argument(
-        "--skip-shipyard", action="store_true", help="do not run the Shipyard leg"
+        "--skip-shipyard", action="store_true", help="do not run the Shipyard legs"
+    )
+    ap.add_argument(
+        "--shadow-sample",
+        type=float,
+        default=0.1,
+        help="also run Shipyard with shadow traffic mirroring this share of calls to a "
+        "candidate on the mock (0 = skip that leg; default 0.1)",
     )
     ap.add_argument(
         "--litellm-venv",
@@ -1273,22 +1304,27 @@ def main(argv: list[str] | None = None) -> int:
         log("direct ...")
         points["direct"] = measure(direct, args, wrk, workdir, mock, mock_port)
 
+        legs: list[tuple[str, float | None]] = []
         if not args.skip_shipyard:
-            log("shipyard: starting ...")
-            ship = start_shipyard(args, workdir, mock_port)
+            legs.append(("shipyard", None))
+            if args.shadow_sample > 0:
+                legs.append(("shipyard+shadow", args.shadow_sample))
+        for name, sample in legs:
+            log(f"{name}: starting ...")
+            ship = start_shipyard(args, workdir, mock_port, name, sample)
             targets.append(ship)
             if ship.status == "ok":
-                log(f"shipyard ready in {ship.startup_s:.1f} s (pid {ship.proc.pid})")
-                points["shipyard"] = measure(ship, args, wrk, workdir, mock, mock_port)
+                log(f"{name} ready in {ship.startup_s:.1f} s (pid {ship.proc.pid})")
+                points[name] = measure(ship, args, wrk, workdir, mock, mock_port)
                 if ship.proc.poll() is None:
                     ship.memory = memory_report(ship.proc.pid)
                     log(
-                        f"shipyard RSS {ship.memory['rss_mb']:.1f} MB, peak {ship.memory['hwm_mb']:.1f} MB"
+                        f"{name} RSS {ship.memory['rss_mb']:.1f} MB, peak {ship.memory['hwm_mb']:.1f} MB"
                     )
                 rc = CHILDREN.stop(ship.proc, timeout=20.0)
-                rows = store_rows(workdir / "bench.db")
+                rows = store_rows(workdir / f"{name}.db")
                 shown = {
-                    k: v for k, v in rows.items() if k in ("traces", "spans")
+                    k: v for k, v in rows.items() if k in ("traces", "spans", "shadow_results")
                 } or rows
                 if rows:
                     rows = shown
@@ -1301,7 +1337,7 @@ def main(argv: list[str] | None = None) -> int:
                 if rc not in (0, None, -signal.SIGTERM):
                     ship.notes.append(f"exit code {rc} on SIGTERM")
             else:
-                log(f"shipyard {ship.status}: {ship.reason}")
+                log(f"{name} {ship.status}: {ship.reason}")
 
         if not args.skip_litellm:
             log("litellm: starting ...")
@@ -1360,7 +1396,9 @@ def main(argv: list[str] | None = None) -> int:
                 "gateway's latency is mostly queueing (≈ c / throughput). CPU columns are % of one "
                 "core over the measured window (other = the rest of the machine); gateway RSS is "
                 "VmRSS right after the point. Shipyard: one worker, recording ON to SQLite in a "
-                f"temp dir. LiteLLM: `litellm[proxy]=={LITELLM_VERSION}`, `--num_workers 1`, no "
+                "temp dir; shipyard+shadow is the same with the alias mirroring "
+                f"{args.shadow_sample:g} of its calls to a candidate model on the mock in the "
+                f"background (0 = leg skipped). LiteLLM: `litellm[proxy]=={LITELLM_VERSION}`, `--num_workers 1`, no "
                 "database, LITELLM_LOG=ERROR, telemetry off. Each gateway runs alone while it is "
                 "measured."
             ),
