@@ -1,7 +1,7 @@
 """Any OpenAI-compatible server: OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp's server.
 
 Requests go out almost untouched (the gateway's canonical shape *is* OpenAI's), over one
-pooled aiohttp session per provider. Every failure becomes an ``UpstreamError`` that says
+pooled keep-alive client per provider (http_client.py). Every failure becomes an ``UpstreamError`` that says
 whether a retry or another target might help.
 """
 
