@@ -272,9 +272,13 @@ class ValidJSON(Evaluator):
 
     async def evaluate(self, case: Case, ctx: EvalContext) -> Outcome:
         try:
-            json.loads(unfence(case.output or ""))
+            value = json.loads(unfence(case.output or ""))
         except ValueError as exc:
             return Outcome.verdict(False, f"the answer is not valid JSON ({exc})")
+        return self.check(value)
+
+    def check(self, value: Any) -> Outcome:
+        """What the parsed answer must also satisfy (here: nothing more)."""
         return Outcome.verdict(True)
 
 
@@ -292,7 +296,7 @@ class SchemaOptions(Options):
 
 
 @register_evaluator
-class JSONSchema(Evaluator):
+class JSONSchema(ValidJSON):
     type = "json_schema"
     Options = SchemaOptions
 
@@ -315,11 +319,7 @@ class JSONSchema(Evaluator):
             raise ConfigError(f"json_schema: the schema is invalid: {exc.message}") from None
         self.validator = cls(schema)
 
-    async def evaluate(self, case: Case, ctx: EvalContext) -> Outcome:
-        try:
-            value = json.loads(unfence(case.output or ""))
-        except ValueError as exc:
-            return Outcome.verdict(False, f"the answer is not valid JSON ({exc})")
+    def check(self, value: Any) -> Outcome:
         errors = sorted(self.validator.iter_errors(value), key=lambda e: list(e.path))
         if not errors:
             return Outcome.verdict(True)
@@ -434,21 +434,34 @@ class Similarity(Evaluator):
 
 # ---- cost and latency ----------------------------------------------------------------------
 
+class _AtMost(Evaluator):
+    """Passes when a measurement of the call (the ``measure`` field of the case) is at most
+    the ``limit`` option; an unknown measurement is an error."""
+
+    measure: ClassVar[str]
+    limit: ClassVar[str]
+    unknown: ClassVar[str]  # the error when the measurement is unknown
+    over: ClassVar[str]  # the reason when it is over, with {value} and {limit}
+
+    async def evaluate(self, case: Case, ctx: EvalContext) -> Outcome:
+        value, limit = getattr(case, self.measure), getattr(self.options, self.limit)
+        if value is None:
+            return Outcome.err(self.unknown)
+        ok = value <= limit
+        return Outcome.verdict(ok, None if ok else self.over.format(value=value, limit=limit))
+
+
 class CostOptions(Options):
     max_usd: float = Field(ge=0)
 
 
 @register_evaluator
-class Cost(Evaluator):
+class Cost(_AtMost):
     type = "cost"
     Options = CostOptions
-
-    async def evaluate(self, case: Case, ctx: EvalContext) -> Outcome:
-        o: CostOptions = self.options  # type: ignore[assignment]
-        if case.cost_usd is None:
-            return Outcome.err("the call's cost is unknown (no price for the model in the config)")
-        ok = case.cost_usd <= o.max_usd
-        return Outcome.verdict(ok, None if ok else f"cost ${case.cost_usd:.6f} above ${o.max_usd}")
+    measure, limit = "cost_usd", "max_usd"
+    unknown = "the call's cost is unknown (no price for the model in the config)"
+    over = "cost ${value:.6f} above ${limit}"
 
 
 class LatencyOptions(Options):
@@ -456,16 +469,12 @@ class LatencyOptions(Options):
 
 
 @register_evaluator
-class Latency(Evaluator):
+class Latency(_AtMost):
     type = "latency"
     Options = LatencyOptions
-
-    async def evaluate(self, case: Case, ctx: EvalContext) -> Outcome:
-        o: LatencyOptions = self.options  # type: ignore[assignment]
-        if case.latency_ms is None:
-            return Outcome.err("the call's latency is unknown")
-        ok = case.latency_ms <= o.max_ms
-        return Outcome.verdict(ok, None if ok else f"latency {case.latency_ms:.0f} ms above {o.max_ms:g} ms")
+    measure, limit = "latency_ms", "max_ms"
+    unknown = "the call's latency is unknown"
+    over = "latency {value:.0f} ms above {limit:g} ms"
 
 
 # ---- custom Python -------------------------------------------------------------------------
@@ -655,12 +664,14 @@ class JudgeOptions(Options):
 
 
 class _ModelGraded(Evaluator):
-    async def _ask(self, ctx: EvalContext, case: Case, messages: list[dict[str, Any]], params: dict[str, Any],
-                   model: str) -> Any:
+    async def _ask(self, ctx: EvalContext, case: Case, messages: list[dict[str, Any]]) -> Any:
+        """The judge's reply (asked for a JSON object), recorded in the case's trace."""
         if ctx.caller is None:
             raise RuntimeError("this evaluator needs a model caller")
+        o: JudgeOptions | PairwiseOptions = self.options  # type: ignore[assignment]
+        params = {"response_format": {"type": "json_object"}, **o.params}
         meta = {"eval_run": ctx.run_id, "eval_evaluator": self.name}
-        return await ctx.caller.chat(model, messages, params, trace_id=case.trace_id or _new_trace(),
+        return await ctx.caller.chat(o.model, messages, params, trace_id=case.trace_id or _new_trace(),
                                      parent_span_id=case.span_id, metadata=meta, name=f"judge {self.name}")
 
 
@@ -692,8 +703,7 @@ class Judge(_ModelGraded):
 
     async def evaluate(self, case: Case, ctx: EvalContext) -> Outcome:
         o: JudgeOptions = self.options  # type: ignore[assignment]
-        params = {"response_format": {"type": "json_object"}, **o.params}
-        res = await self._ask(ctx, case, self.prompt(case), params, o.model)
+        res = await self._ask(ctx, case, self.prompt(case))
         if res.error:
             return Outcome(error=f"judge call failed: {res.error}", cost_usd=res.cost_usd)
         content = res.text or ""
@@ -745,11 +755,9 @@ class Pairwise(_ModelGraded):
                       trace_id: str | None = None) -> tuple[str | None, str | None, str | None]:
         """(winner 'a' | 'b' | 'tie', reason, error) for answers a and b."""
         o: PairwiseOptions = self.options  # type: ignore[assignment]
-        params = {"response_format": {"type": "json_object"}, **o.params}
         case = Case(item=item, output=None, trace_id=trace_id)
         orders = [(a, b, False)] + ([(b, a, True)] if o.swap else [])
-        results = await asyncio.gather(*(self._ask(ctx, case, self.prompt(item, x, y), params, o.model)
-                                         for x, y, _ in orders))
+        results = await asyncio.gather(*(self._ask(ctx, case, self.prompt(item, x, y)) for x, y, _ in orders))
         verdicts = []
         reasons = []
         for (_, _, swapped), res in zip(orders, results):
