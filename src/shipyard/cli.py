@@ -66,17 +66,9 @@ def _store_url(source: str | None) -> str:
     not need the providers' secrets in the environment)."""
     if source is None:
         return load_config(None).store
-    import yaml
+    from .config import interpolate_env, read_yaml_file
 
-    from .config import interpolate_env
-
-    try:
-        with open(source) as fh:
-            data = yaml.safe_load(fh) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {source} is not valid YAML: {exc}") from None
+    data = read_yaml_file(source)
     store = data.get("store", "sqlite:///shipyard.db") if isinstance(data, dict) else None
     if not isinstance(store, str):
         raise ConfigError("invalid configuration: store: must be a URL string")

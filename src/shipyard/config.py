@@ -404,6 +404,19 @@ def default_config() -> dict[str, Any]:
     }
 
 
+def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file parsed but not validated (``{}`` when empty); ConfigError naming ``what``
+    and the file when it cannot be read or is not YAML."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+
+
 def load_config(source: str | Path | dict[str, Any] | Config | None = None) -> Config:
     """Load and validate config from a path, a dict, or the embedded default (None)."""
     if isinstance(source, Config):
@@ -413,15 +426,7 @@ def load_config(source: str | Path | dict[str, Any] | Config | None = None) -> C
     elif isinstance(source, dict):
         data = source
     else:
-        path = Path(source)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        data = read_yaml_file(Path(source))
     if not isinstance(data, dict):
         raise ConfigError("invalid configuration: the top level must be a mapping")
     data = interpolate_env(data)

@@ -71,14 +71,9 @@ def _config_dict(path: str | None) -> dict[str, Any] | None:
         path = os.environ.get("SHIPYARD_CONFIG") or None
     if path is None:
         return None
-    import yaml
+    from ..config import read_yaml_file
 
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    data = read_yaml_file(path)
     if not isinstance(data, dict):
         raise ConfigError("invalid configuration: the top level must be a mapping")
     return data

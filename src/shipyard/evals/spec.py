@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
@@ -266,26 +265,19 @@ def expand_variants(spec: EvalSpec) -> list[Variant]:
 
 def load_spec(source: str | Path | dict[str, Any], *, base_dir: Path | None = None) -> LoadedSpec:
     """Parse and validate an EVAL.yaml (path) or an already-parsed mapping."""
+    from ..config import interpolate_env, read_yaml_file
+
     path: str | None = None
     if isinstance(source, dict):
         raw = source
         base = base_dir or Path.cwd()
     else:
         p = Path(source)
-        try:
-            text = p.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read eval spec {p}: {exc.strerror}") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"eval spec {p} is not valid YAML: {exc}") from None
+        raw = read_yaml_file(p, "eval spec")
         base = base_dir or p.resolve().parent
         path = str(p.resolve())
     if not isinstance(raw, dict):
         raise ConfigError("eval spec: the top level must be a mapping")
-    from ..config import interpolate_env
-
     raw = interpolate_env(raw)
     try:
         spec = EvalSpec.model_validate(raw)

@@ -35,18 +35,12 @@ VARIANT_COLUMNS = (Column("VARIANT", 16, clip=True), Column("WEIGHT", 6, ">"), C
 
 # ---- helpers ---------------------------------------------------------------------------------
 def _raw_config(args: argparse.Namespace) -> dict[str, Any]:
-    import yaml
+    from ..config import read_yaml_file
 
     source = getattr(args, "config", None) or os.environ.get("SHIPYARD_CONFIG") or None
     if source is None:
         return {}
-    try:
-        with open(source) as fh:
-            data = yaml.safe_load(fh) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {source}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {source} is not valid YAML: {exc}") from None
+    data = read_yaml_file(source)
     if not isinstance(data, dict):
         raise ConfigError("invalid configuration: the top level must be a mapping")
     return data
