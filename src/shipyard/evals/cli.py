@@ -77,9 +77,7 @@ def cmd_datasets_import(args: argparse.Namespace) -> int:
             warn(f"{args.file}: line {where}: {msg} (skipped)")
         if rep.skipped > 50:
             warn(f"… {rep.skipped - 50} more bad rows skipped")
-        meta = ds.get(args.name, rep.version)
-        print(f"dataset {args.name} v{rep.version}: {rep.imported} items imported, {rep.skipped} skipped "
-              f"({meta['item_count']} items: {meta['train_count']} train, {meta['holdout_count']} holdout)")
+        _print_version(ds, args.name, rep, "imported")
         return 0
     finally:
         store.close()
@@ -116,12 +114,17 @@ def cmd_datasets_from_traces(args: argparse.Namespace) -> int:
         finally:
             for where, msg in skipped[:50]:
                 warn(f"trace {where}: {msg} (skipped)")
-        meta = ds.get(args.name, rep.version)
-        print(f"dataset {args.name} v{rep.version}: {rep.imported} items from traces, {rep.skipped} skipped "
-              f"({meta['item_count']} items: {meta['train_count']} train, {meta['holdout_count']} holdout)")
+        _print_version(ds, args.name, rep, "from traces")
         return 0
     finally:
         store.close()
+
+
+def _print_version(ds: Any, name: str, rep: Any, how: str) -> None:
+    """What a new dataset version holds, after an import."""
+    meta = ds.get(name, rep.version)
+    print(f"dataset {name} v{rep.version}: {rep.imported} items {how}, {rep.skipped} skipped "
+          f"({meta['item_count']} items: {meta['train_count']} train, {meta['holdout_count']} holdout)")
 
 
 def _filter_text(args: argparse.Namespace) -> str:
