@@ -14,7 +14,7 @@ worker thread.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -85,29 +85,25 @@ def routes(engine: Any) -> list[Route]:
     async def preflight(request: Request) -> Response:
         return Response(status_code=204, headers=_cors(request, cfg.allow_origins))
 
-    async def post_feedback(request: Request) -> Response:
+    async def post_event(request: Request, parse: Callable[[Any, str | None], Any], method: str) -> Response:
+        """POST an event: authorize, parse the body, record it with the service's ``method``
+        (201 when new, 200 when the idempotency key was seen)."""
         cors = _cors(request, cfg.allow_origins)
         try:
             principal = authorize_feedback(request)
-            fb = parse_feedback(await read_json(request, limit), request.headers.get("idempotency-key"))
-            row, created = await run_in_threadpool(svc().record, fb, principal)
+            event = parse(await read_json(request, limit), request.headers.get("idempotency-key"))
+            row, created = await run_in_threadpool(getattr(svc(), method), event, principal)
         except GatewayError as exc:
             return error_response(exc, cors)
         except ClientDisconnect:
             return Response(status_code=499)
         return _json(row, 201 if created else 200, cors)
 
+    async def post_feedback(request: Request) -> Response:
+        return await post_event(request, parse_feedback, "record")
+
     async def post_outcome(request: Request) -> Response:
-        cors = _cors(request, cfg.allow_origins)
-        try:
-            principal = authorize_feedback(request)
-            o = parse_outcome(await read_json(request, limit), request.headers.get("idempotency-key"))
-            row, created = await run_in_threadpool(svc().record_outcome, o, principal)
-        except GatewayError as exc:
-            return error_response(exc, cors)
-        except ClientDisconnect:
-            return Response(status_code=499)
-        return _json(row, 201 if created else 200, cors)
+        return await post_event(request, parse_outcome, "record_outcome")
 
     async def list_feedback(request: Request) -> Response:
         try:
