@@ -207,6 +207,17 @@ class JudgeReport:
                 "disagreements": self.disagreements}
 
 
+def _case_rows(sql: str, args: list[Any], label: Label) -> tuple[str, list[Any]]:
+    """``sql`` narrowed to the label's variant and repeat, when it names them."""
+    if label.variant:
+        sql += " AND variant = ?"
+        args.append(label.variant)
+    if label.rep is not None:
+        sql += " AND rep = ?"
+        args.append(label.rep)
+    return sql, args
+
+
 def _stored_verdict(store: Any, q: Callable[[str], str], label: Label, judge: str,
                     run_id: str | None) -> tuple[str, Any] | None:
     """('ok', (passed, reason, error, trace_id)) | ('ambiguous', n) | None (no result)."""
@@ -219,14 +230,8 @@ def _stored_verdict(store: Any, q: Callable[[str], str], label: Label, judge: st
             run = label.run_id or run_id
             if run is None:
                 return None
-            sql = "SELECT passed, reason, error, trace_id FROM eval_scores WHERE run_id = ? AND case_id = ? AND evaluator = ?"
-            args: list[Any] = [run, label.case_id, judge]
-            if label.variant:
-                sql += " AND variant = ?"
-                args.append(label.variant)
-            if label.rep is not None:
-                sql += " AND rep = ?"
-                args.append(label.rep)
+            sql, args = _case_rows("SELECT passed, reason, error, trace_id FROM eval_scores WHERE run_id = ? AND "
+                                   "case_id = ? AND evaluator = ?", [run, label.case_id, judge], label)
             cur.execute(q(sql), args)
         rows = cur.fetchall()
     if not rows:
@@ -244,14 +249,8 @@ def _output_for(store: Any, q: Callable[[str], str], label: Label, run_id: str |
 
     if label.case_id and (label.run_id or run_id):
         run = label.run_id or run_id
-        sql = "SELECT variant, output, trace_id FROM eval_results WHERE run_id = ? AND case_id = ? AND status <> 'error'"
-        args: list[Any] = [run, label.case_id]
-        if label.variant:
-            sql += " AND variant = ?"
-            args.append(label.variant)
-        if label.rep is not None:
-            sql += " AND rep = ?"
-            args.append(label.rep)
+        sql, args = _case_rows("SELECT variant, output, trace_id FROM eval_results WHERE run_id = ? AND case_id = ? "
+                               "AND status <> 'error'", [run, label.case_id], label)
         with store._read() as cur:
             cur.execute(q(sql), args)
             rows = cur.fetchall()
