@@ -228,6 +228,51 @@ def test_api_and_ui_need_viewer_or_admin(serve, fake_openai):
     assert r.status_code == 401
 
 
+def test_reviewer_role_labels_the_review_queue_but_changes_nothing_else(serve, fake_openai):
+    server = serve(config(fake_openai))
+    viewer = new_key(server, roles=["viewer"])
+    reviewer = new_key(server, roles=["reviewer"])
+    r = chat(server, new_key(server))
+    assert r.status_code == 200
+    tid = r.headers["x-shipyard-trace-id"]
+    bearer = lambda key: {"authorization": f"Bearer {key}"}
+    label = {"trace_id": tid, "verdict": "fail", "tags": ["tone"], "reviewer": "rita"}
+    deadline = time.time() + 10
+    while True:  # the recorder writes the trace a moment after the response
+        r = httpx.post(server.url + "/api/review/labels", json=label, headers=bearer(reviewer), timeout=30)
+        if r.status_code != 404 or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 200, r.text
+    # a viewer may read the labels but not write them; a reviewer reads too (reviewer implies viewer)
+    r = httpx.post(server.url + "/api/review/labels", json=label, headers=bearer(viewer), timeout=30)
+    assert r.status_code == 403 and "reviewer" in r.json()["error"]["message"]
+    for key in (viewer, reviewer):
+        r = httpx.get(server.url + "/api/review/labels", params={"trace_id": tid}, headers=bearer(key), timeout=30)
+        assert r.status_code == 200 and r.json()["data"][0]["label"] == "fail"
+    assert httpx.get(server.url + "/api/traces", headers=bearer(reviewer), timeout=30).status_code == 200
+    # nothing else: prompts and keys stay admin-only
+    body = {"name": "greet", "model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(server.url + "/api/prompts", json=body, headers=bearer(reviewer), timeout=30).status_code == 403
+    assert httpx.get(server.url + "/api/keys", headers=bearer(reviewer), timeout=30).status_code == 403
+    # from the browser (Basic): accepted from the server's own page, refused from another site or unknown
+    basic = {"authorization": "Basic " + base64.b64encode(f"me:{reviewer}".encode()).decode()}
+    host = server.url.split("://", 1)[1]
+    ok = httpx.post(server.url + "/api/review/labels", json={**label, "verdict": "pass"}, timeout=30,
+                    headers={**basic, "origin": server.url, "sec-fetch-site": "same-origin"})
+    assert ok.status_code == 200, ok.text
+    for extra in ({"origin": "https://evil.example", "sec-fetch-site": "cross-site"}, {}):
+        r = httpx.post(server.url + "/api/review/labels", json=label, headers={**basic, **extra}, timeout=30)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "cross_site", (extra, r.text)
+    r = httpx.get(server.url + "/api/review/labels", params={"trace_id": tid}, headers=bearer(reviewer), timeout=30)
+    assert r.json()["data"][0]["label"] == "pass"  # the refused requests changed nothing
+    # Basic still never writes outside the review queue, even for an admin
+    boss = new_key(server, roles=["admin"])
+    basic_boss = {"authorization": "Basic " + base64.b64encode(f"me:{boss}".encode()).decode(),
+                  "origin": server.url, "host": host}
+    assert httpx.post(server.url + "/api/prompts", json=body, headers=basic_boss, timeout=30).status_code == 401
+
+
 def test_require_role_helper(serve, fake_openai):
     from starlette.requests import Request
 

@@ -170,7 +170,7 @@ def add_commands(sub: Any, with_config: Callable[[argparse.ArgumentParser], None
         p.add_argument("--team", help="the team (limits.teams applies to every key of a team)")
         p.add_argument("--alias", action="append", help="an alias the key may call (repeat; patterns like "
                        "'prompt:*'); default every alias")
-        p.add_argument("--role", action="append", choices=["admin", "viewer"],
+        p.add_argument("--role", action="append", choices=["admin", "reviewer", "viewer"],
                        help="admin: /api/keys and every /api and /ui write; viewer: read /api and /ui")
         p.add_argument("--rpm", type=int, help="requests per minute")
         p.add_argument("--tpm", type=int, help="tokens per minute (prompt + completion)")

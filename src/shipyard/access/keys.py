@@ -39,7 +39,7 @@ from ..store.migrations import register
 
 KEY_PREFIX = "sk-sy-"
 DISPLAY_CHARS = 8
-ROLES = ("admin", "viewer")
+ROLES = ("admin", "reviewer", "viewer")
 MAX_LIST = 500
 
 register("access", [

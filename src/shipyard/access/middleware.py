@@ -5,13 +5,17 @@
 | /health, /ready, /metrics | anyone (probes and scrapers; restrict /metrics at the proxy) |
 | /api/feedback*, /api/outcomes* | checked by their own module; a valid key is attached if given |
 | /api/keys* | the admin key or a key with the ``admin`` role |
+| /api/review*, /ui/review* | GET/HEAD: ``viewer``; other methods: ``reviewer`` (Basic accepted: same-site only) |
 | /api/*, /ui* | GET/HEAD: a ``viewer`` or ``admin`` key; other methods: ``admin`` |
 | everything else (the OpenAI API, /v1/traces) | any valid key |
 
 Keys come as ``Authorization: Bearer <key>`` (or ``x-api-key``). Browsers on /ui (and the
 page's own GET /api calls) may use HTTP Basic with the key as the password: a 401 on /ui
 asks the browser for it. Basic is never accepted for writes, so another site cannot make a
-logged-in browser change anything (no CSRF). The authenticated KeyRecord is put in
+logged-in browser change anything (no CSRF) — except the review queue's writes, whose
+routes refuse any change a browser makes on behalf of another site (``Origin`` /
+``Sec-Fetch-Site``, JSON-only API bodies), so a reviewer can label from the browser.
+Roles: ``admin`` implies every role, ``reviewer`` implies ``viewer``. The authenticated KeyRecord is put in
 ``request.state.principal``.
 """
 
@@ -27,6 +31,7 @@ from .runtime import has_role
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 OWN_AUTH_PREFIXES = ("/api/feedback", "/api/outcomes")
+REVIEW_AREAS = ("/api/review", "/ui/review")
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -59,10 +64,18 @@ class AccessMiddleware:
         ui = _is_under(path, "/ui")
         admin_area = ui or _is_under(path, "/api")
         read = method in READ_METHODS
+        review = any(_is_under(path, p) for p in REVIEW_AREAS)
         try:
-            key = await auth.authenticate(token_from_headers(headers, allow_basic=admin_area and read))
+            key = await auth.authenticate(token_from_headers(headers, allow_basic=admin_area and (read or review)))
             if admin_area:
-                role = "admin" if (_is_under(path, "/api/keys") or not read) else "viewer"
+                if read:
+                    role = "admin" if _is_under(path, "/api/keys") else "viewer"
+                else:
+                    role = "reviewer" if review else "admin"
+                    if review and _is_basic(headers) and not _same_site(headers):
+                        self.access.metrics.decision("forbidden")
+                        raise Forbidden("A review change sent with browser (Basic) credentials must come from "
+                                        "this server's own pages (Origin or Sec-Fetch-Site).", code="cross_site")
                 if not has_role(key, role):
                     self.access.metrics.decision("forbidden")
                     raise Forbidden(f"The {key.label} lacks the '{role}' role needed for {method} {path} "
@@ -74,6 +87,23 @@ class AccessMiddleware:
             return
         scope.setdefault("state", {})["principal"] = key
         await self.app(scope, receive, send)
+
+
+def _is_basic(headers: Headers) -> bool:
+    return headers.get("authorization", "")[:6].lower() == "basic "
+
+
+def _same_site(headers: Headers) -> bool:
+    """The browser says this request comes from this server's own pages."""
+    site = headers.get("sec-fetch-site", "").lower()
+    if site in ("same-origin", "none"):
+        return True
+    origin = headers.get("origin")
+    if origin and origin != "null":
+        from urllib.parse import urlsplit
+
+        return urlsplit(origin).netloc == headers.get("host", "")
+    return False
 
 
 async def _send_error(send: Any, exc: GatewayError, extra: dict[str, str] | None) -> None:

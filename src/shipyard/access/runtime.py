@@ -24,8 +24,9 @@ log = logging.getLogger("shipyard.access")
 
 
 def has_role(key: Any, role: str) -> bool:
+    """admin implies every role; reviewer implies viewer."""
     roles = key.roles
-    return "admin" in roles or role in roles
+    return "admin" in roles or role in roles or (role == "viewer" and "reviewer" in roles)
 
 
 def alias_allowed(key: Any, model: str) -> bool:
@@ -206,7 +207,8 @@ def principal(request: Any) -> Any:
 
 
 def require_role(request: Any, role: str) -> Any:
-    """For route modules: demand ``role`` ("viewer" or "admin"; admin implies viewer) of the
+    """For route modules: demand ``role`` ("viewer", "reviewer" or "admin"; admin implies
+    both, reviewer implies viewer) of the
     caller. Returns the caller's KeyRecord, or None when auth is off on this server (open as
     before). Raises 401 when no valid key was given and 403 when the key lacks the role.
     The access middleware already applies this to every /api and /ui path."""

@@ -12,8 +12,10 @@ DELETE /api/review/labels?trace_id=    forget a trace's review
 POST /api/review/datasets              {"trace_id", "dataset", "description"}: add to an eval set
 GET  /api/review/criteria              tags in use, with pass / fail counts
 
-Like the rest of the UI these have no authentication (keep the server on a private
-network). Changes are refused when the browser says they come from another site (the
+With ``auth`` on, reading needs a ``viewer`` key and changing a ``reviewer`` (or ``admin``)
+key; a browser may send it as HTTP Basic, but only from this server's own pages (the access
+middleware checks ``Origin`` / ``Sec-Fetch-Site``). Without ``auth`` they are open (keep the
+server on a private network). Changes are refused when the browser says they come from another site (the
 ``Origin`` / ``Sec-Fetch-Site`` headers), and the JSON routes only take JSON bodies, which a
 cross-site form cannot send.
 """
