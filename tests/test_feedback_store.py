@@ -343,3 +343,34 @@ evaluators:
     assert main(["eval", "align", str(spec), "--labels", str(labels), "--json", "-"]) == 0
     again = orjson.loads(capsys.readouterr().out)
     assert next(c for c in again["criteria"] if c["criterion"] == "apology")["selected"] == "no-sorry"
+
+
+# ---- retention -------------------------------------------------------------------------------
+
+def test_retention_takes_feedback_with_its_traces_and_keeps_human_labels(store):
+    from types import SimpleNamespace
+
+    from shipyard.config import RecordingConfig
+    from shipyard.feedback import parse_outcome
+    from shipyard.tracing.recorder import Recorder
+
+    seed(store)  # tid(902) started 3 days ago, the rest within the hour
+    rec = Recorder(store, RecordingConfig(retention_days=1, flush_interval_s=0.05))
+    svc = FeedbackService(store, engine=SimpleNamespace(span_listeners=[], recorder=rec))
+    svc.record(parse_feedback({"trace_id": tid(902), "kind": "comment", "text": "my phone is 555-0100"}))
+    svc.record(parse_feedback({"trace_id": tid(5), "kind": "thumbs_down"}))
+    svc.record_outcome(parse_outcome({"trace_id": tid(5), "name": "converted", "value": 1}))
+    set_review(store, tid(902), "fail", ["tone"], "rude", "rita")
+    rec.start()
+    deadline = time.monotonic() + 10
+    while rec.purged == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rec.close()
+    assert rec.purged == 1 and store.get_trace(tid(902)) is None
+    assert svc.list_feedback(trace_id=tid(902), limit=10) == []  # the comment went with its trace
+    assert [f["kind"] for f in svc.list_feedback(trace_id=tid(5), limit=10)] == ["thumbs"]
+    assert {r["label"] for r in get_labels(store, tid(902))} == {"fail"}  # curated labels stay
+    with store._read() as cur:
+        cur.execute("SELECT COUNT(*) FROM outcomes")
+        assert cur.fetchone()[0] == 1  # recorded just now: kept
+    assert svc.purge(time.time() + 60) == 2  # a later cutoff takes the rest: the feedback and the outcome

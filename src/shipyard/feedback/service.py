@@ -85,6 +85,28 @@ class FeedbackService:
         self.recent = RecentTargets()
         if engine is not None:
             engine.span_listeners.append(self.recent.observe)
+            recorder = getattr(engine, "recorder", None)
+            if recorder is not None and hasattr(recorder, "add_retention_hook"):
+                recorder.add_retention_hook(self.purge)
+
+    # ---- retention --------------------------------------------------------------------
+    def purge(self, older_than: float, batch_size: int = 1000) -> int:
+        """Retention (``recording.retention_days``): feedback about traces that started
+        before ``older_than`` goes with them, as do outcome events recorded before it.
+        Human labels and review days stay: they are curated evaluation data (like datasets).
+        Bounded batches, one short transaction each. Returns the rows deleted."""
+        deleted = 0
+        for table, key, col in (("feedback", "feedback_id", "trace_ts"), ("outcomes", "outcome_id", "created_at")):
+            while True:
+                with self.store._write() as cur:
+                    cur.execute(self.q(f"SELECT {key} FROM {table} WHERE {col} < ? LIMIT ?"), (older_than, batch_size))
+                    ids = [r[0] for r in cur.fetchall()]
+                    if not ids:
+                        break
+                    marks = ", ".join("?" * len(ids))
+                    cur.execute(self.q(f"DELETE FROM {table} WHERE {key} IN ({marks})"), ids)
+                    deleted += len(ids)
+        return deleted
 
     # ---- targets ----------------------------------------------------------------------
     def _flush_recorder(self) -> bool:

@@ -47,6 +47,7 @@ class Recorder:
         self.written = 0
         self.write_errors = 0
         self._listeners: list[Callable[[list[Span]], None]] = []
+        self._retention_hooks: list[Callable[[float], int]] = []
         self._thread: threading.Thread | None = None
 
     # ---- request path -------------------------------------------------------------
@@ -69,6 +70,11 @@ class Recorder:
     def add_listener(self, fn: Callable[[list[Span]], None]) -> None:
         """Also hand each written batch to ``fn`` (exporters), in the writer thread."""
         self._listeners.append(fn)
+
+    def add_retention_hook(self, fn: Callable[[float], int]) -> None:
+        """When retention runs, also call ``fn(older_than)`` (data kept beside the traces,
+        such as feedback), in the writer thread, after the traces are purged."""
+        self._retention_hooks.append(fn)
 
     # ---- writer thread ------------------------------------------------------------
     def start(self) -> None:
@@ -135,10 +141,17 @@ class Recorder:
         if self._last_purge is not None and now - self._last_purge < self.purge_interval:
             return
         self._last_purge = now
+        cutoff = time.time() - self.retention_s
         try:
-            self.purged += self.store.purge(time.time() - self.retention_s)
+            self.purged += self.store.purge(cutoff)
         except Exception as exc:  # retried at the next interval; recording goes on
             log.warning("recorder: retention purge failed (%s)", type(exc).__name__)
+            return
+        for fn in self._retention_hooks:
+            try:
+                fn(cutoff)
+            except Exception as exc:
+                log.warning("recorder: retention hook failed (%s)", type(exc).__name__)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (or the timeout passes)."""
