@@ -27,6 +27,7 @@ from shipyard.releases.config import ExperimentConfig
 from shipyard.releases.experiments import (
     Assigner,
     bootstrap_diff,
+    outcome_counts,
     thompson_weights,
     two_proportion_z,
 )
@@ -135,6 +136,34 @@ def test_thompson_sampling_shifts_traffic_to_the_winner() -> None:
     picks = [a.assign(f"new-user-{i}")[0] for i in range(1000)]
     assert picks.count("treatment") > 850
     assert a.assign("new-user-1")[0] == picks[1]  # once assigned, a unit stays put
+
+
+def test_thompson_learns_from_the_experiments_metric() -> None:
+    class Outcomes:  # what the release store answers for this experiment
+        def success_counts(self, name: str, since: float) -> dict[str, tuple[int, int]]:
+            return {"control": (50, 0), "treatment": (50, 0)}  # every call succeeded...
+
+        def evaluator_outcomes(self, name: str, start: float, end: float) -> list[tuple[str, Any, Any]]:
+            return ([("control", None, False)] * 30 + [("control", 0.9, None)] * 5 + [("control", None, None)]
+                    + [("treatment", 0.2, None)] * 2 + [("treatment", None, True)] * 33)
+
+        def feedback_outcomes(self, name: str, start: float, end: float) -> list[tuple[str, float]]:
+            return [("control", 0.0)] * 20 + [("treatment", 1.0)] * 18 + [("treatment", 0.25)] * 2
+
+    rs = Outcomes()
+    by = {m: outcome_counts(ExperimentConfig.model_validate(experiment(mode="thompson", metric=m)), rs, 0, 1)
+          for m in ("success", "evaluator", "feedback")}
+    assert by["success"] == {"control": (50, 0), "treatment": (50, 0)}
+    assert by["evaluator"] == {"control": (5, 30), "treatment": (33, 2)}  # no verdict nor score: not counted
+    assert by["feedback"] == {"control": (0, 20), "treatment": (18, 2)}
+    for m in ("evaluator", "feedback"):  # ...but the answers were worse: traffic moves on the metric
+        a = Assigner("chat", ExperimentConfig.model_validate(experiment(mode="thompson", metric=m)))
+        for _ in range(100):
+            a.observe("control", True)  # call success does not count for these metrics
+        assert a.counts == {"control": [0, 0], "treatment": [0, 0]}
+        a.seed = by[m]
+        a.update_weights()
+        assert a.current_weights()["treatment"] > 0.9
 
 
 # ---- through the gateway --------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from ..types import ChatRequest, parse_chat_request
 from . import pinning
 from .cascade import CascadePlan
 from .config import Override
-from .experiments import Assigner
+from .experiments import Assigner, outcome_counts
 from .intent import IntentRouter
 from .prompts import PREFIX, PromptVersion, parse_ref
 from .registry import PromptCache, Registry
@@ -349,7 +349,8 @@ class Releases:
             try:
                 if rs is not None:
                     try:
-                        a.seed = rs.success_counts(a.cfg.name, time.time() - 30 * 86400)
+                        now = time.time()
+                        a.seed = outcome_counts(a.cfg, rs, now - 30 * 86400, now + 60)
                         a.counts = {n: [0, 0] for n in a.names}  # the store now holds them
                     except Exception as exc:
                         log.info("experiment %s: reading outcomes failed (%s)", a.cfg.name, type(exc).__name__)

@@ -56,6 +56,26 @@ def thompson_weights(counts: dict[str, tuple[int, int]], names: Sequence[str], m
     return {n: floor + free * raw[n] for n in names}
 
 
+def outcome_counts(cfg: ExperimentConfig, rs: Any, since: float, until: float) -> dict[str, tuple[int, int]]:
+    """variant -> (successes, failures) on the experiment's ``metric``, for Thompson sampling:
+    ``success`` counts calls that succeeded; ``evaluator`` counts evaluator verdicts (a score
+    without a verdict passes at >= 0.5); ``feedback`` counts feedback events scoring >= 0.5
+    (thumbs up, high scores, accepted; neutral events are not counted)."""
+    if cfg.metric == "success":
+        return rs.success_counts(cfg.name, since)
+    if cfg.metric == "evaluator":
+        rows: list[tuple[str, bool]] = [(v, passed if passed is not None else score >= 0.5)
+                                        for v, score, passed in rs.evaluator_outcomes(cfg.name, since, until)
+                                        if passed is not None or score is not None]
+    else:
+        rows = [(v, score >= 0.5) for v, score in (rs.feedback_outcomes(cfg.name, since, until) or [])]
+    out: dict[str, list[int]] = {}
+    for variant, ok in rows:
+        c = out.setdefault(variant, [0, 0])
+        c[0 if ok else 1] += 1
+    return {v: (s, f) for v, (s, f) in out.items()}
+
+
 class Assigner:
     """One experiment's assignment state (weights, the Thompson counters, sticky memory)."""
 
@@ -92,6 +112,10 @@ class Assigner:
         return pick(self.names, self.weights, unit_fraction(self.cfg.name, unit)), True
 
     def observe(self, variant: str, ok: bool) -> None:
+        """A finished call (metric ``success`` only: evaluator and feedback outcomes arrive
+        later and are read from the store)."""
+        if self.cfg.metric != "success":
+            return
         c = self.counts.get(variant)
         if c is not None:
             c[0 if ok else 1] += 1
