@@ -60,7 +60,10 @@ class _Target:
         for line in lines:
             if "\r" in line or "\n" in line:
                 raise ConnectionFailed("a request header contains a line break")
-        self.head = ("\r\n".join(lines) + "\r\ncontent-length: ").encode("latin-1")
+        try:
+            self.head = ("\r\n".join(lines) + "\r\ncontent-length: ").encode("latin-1")
+        except UnicodeEncodeError:
+            raise ConnectionFailed("a request header holds characters outside latin-1") from None
 
 
 class Response:
@@ -68,7 +71,7 @@ class Response:
     the body via :meth:`read`, or line by line from ``content`` for a stream."""
 
     __slots__ = ("status", "headers", "content", "_conn", "_chunks", "_done", "_ready", "_decoder",
-                 "_framed", "_got_bytes", "_timer", "complete")
+                 "_framed", "_got_bytes", "_timer", "complete", "_slot", "_raw_deflate")
 
     def __init__(self, conn: _Connection, streaming: bool, loop: asyncio.AbstractEventLoop) -> None:
         self.status = 0
@@ -84,6 +87,8 @@ class Response:
         self._got_bytes = False
         self._timer: asyncio.TimerHandle | None = None
         self.complete = False
+        self._slot: asyncio.Semaphore | None = None  # the pool slot, once post() hands it over
+        self._raw_deflate = False
 
     async def read(self) -> bytes:
         if self.content is not None:
@@ -107,6 +112,7 @@ class Response:
         enc = h.get("content-encoding", "").strip().lower()
         if enc in ("gzip", "x-gzip", "deflate"):
             self._decoder = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
+            self._raw_deflate = enc == "deflate"  # some servers send deflate without the zlib header
         self._framed = "content-length" in h or "chunked" in h.get("transfer-encoding", "").lower()
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
@@ -114,7 +120,14 @@ class Response:
     def _body(self, data: bytes) -> None:
         if self._decoder is not None:
             try:
-                data = self._decoder.decompress(data)
+                try:
+                    data = self._decoder.decompress(data)
+                except zlib.error:
+                    if not self._raw_deflate:
+                        raise
+                    self._decoder = zlib.decompressobj(wbits=-15)  # headerless deflate: from the start
+                    data = self._decoder.decompress(data)
+                self._raw_deflate = False
             except zlib.error as exc:
                 self._fail(ConnectionFailed(f"cannot decompress the response body ({exc})"))
                 return
@@ -159,9 +172,10 @@ class Response:
         self._fail(TimeoutError())
 
     def _release(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.pool.slots.release()
+        self._conn = None
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
 
 
 class _Connection(asyncio.Protocol):
@@ -176,6 +190,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
+        self.interim = False  # parsing a 1xx informational response
 
     def send(self, data: bytes, resp: Response) -> None:
         self.resp = resp
@@ -218,18 +233,30 @@ class _Connection(asyncio.Protocol):
         resp._fail(ConnectionFailed(f"the server closed the connection{why}"))
 
     # ---- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.resp is None or self.resp.complete:  # a response nobody asked for: unusable
+            self.abort()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # informational (103 Early Hints...): the answer follows
+            self.interim = True
+            self.raw_headers = []
+            return
         if self.resp is not None:
-            self.resp._headers(self.raw_headers, self.parser.get_status_code())
+            self.resp._headers(self.raw_headers, status)
 
     def on_body(self, body: bytes) -> None:
         if self.resp is not None:
             self.resp._body(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         resp, self.resp = self.resp, None
         if resp is None:
             return
@@ -326,9 +353,10 @@ class LeanHttpClient:
                 await pool.slots.acquire()
         except TimeoutError:
             raise TimeoutError(f"no free connection within {total:g}s") from None
+        # The slot is this call's until it returns; a stream still being read takes it over.
         resp: Response | None = None
         try:
-            for _attempt in range(2):
+            for attempt in range(2):
                 conn = pool.take_idle()
                 if conn is None:
                     conn = await pool.connect(min(connect, max(0.0, deadline - loop.time())))
@@ -341,19 +369,21 @@ class LeanHttpClient:
                         await resp._ready
                     else:
                         await resp._done
-                    return resp
                 except ConnectionFailed:
                     # a reused connection the server had closed while idle: once more, fresh
-                    if conn.reused and not resp._got_bytes and _attempt == 0:
-                        resp._conn = None  # keep the slot for the retry
+                    if conn.reused and not resp._got_bytes and attempt == 0:
                         continue
                     raise
+                if stream and not resp.complete:
+                    resp._slot = pool.slots  # released when the stream ends, fails or is closed
+                else:
+                    pool.slots.release()
+                return resp
             raise AssertionError("unreachable")
         except BaseException:
             if resp is not None:
                 resp.close()
-            else:
-                pool.slots.release()
+            pool.slots.release()
             raise
 
     async def close(self) -> None:
