@@ -261,7 +261,9 @@ def test_reviewer_role_labels_the_review_queue_but_changes_nothing_else(serve, f
     ok = httpx.post(server.url + "/api/review/labels", json={**label, "verdict": "pass"}, timeout=30,
                     headers={**basic, "origin": server.url, "sec-fetch-site": "same-origin"})
     assert ok.status_code == 200, ok.text
-    for extra in ({"origin": "https://evil.example", "sec-fetch-site": "cross-site"}, {}):
+    for extra in ({"origin": "https://evil.example", "sec-fetch-site": "cross-site"}, {},
+                  {"origin": server.url, "sec-fetch-site": "cross-site"},  # the browser's word decides
+                  {"origin": server.url.replace("http://", "https://")}):  # another scheme is another site
         r = httpx.post(server.url + "/api/review/labels", json=label, headers={**basic, **extra}, timeout=30)
         assert r.status_code == 403 and r.json()["error"]["code"] == "cross_site", (extra, r.text)
     r = httpx.get(server.url + "/api/review/labels", params={"trace_id": tid}, headers=bearer(reviewer), timeout=30)

@@ -294,3 +294,17 @@ def test_dict_source_is_validated_and_interpolated(env: pytest.MonkeyPatch) -> N
 def test_config_object_passes_through(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, _minimal()))
     assert load_config(cfg) is cfg
+
+
+@pytest.mark.parametrize("block, says", [
+    ({"base_url": "api.example.com/v1"}, "unsupported URL"),
+    ({"base_url": "http://h/v1", "headers": {"x-team": "a\r\nx-evil: 1"}}, "line break"),
+    ({"base_url": "http://h/v1", "headers": {"x-team": "équipe ✓"}}, "latin-1"),
+])
+def test_provider_url_and_headers_are_checked_at_start_up(block: dict, says: str) -> None:
+    from shipyard.engine import Engine
+
+    cfg = load_config({"store": "none", "providers": {"up": {"type": "openai", **block}},
+                       "models": {"chat": {"targets": [{"provider": "up", "model": "m"}]}}})
+    with pytest.raises(ConfigError, match=rf"providers\.up: .*{says}"):
+        Engine(cfg)

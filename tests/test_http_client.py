@@ -1022,3 +1022,64 @@ async def test_openai_provider_maps_transport_failures_to_upstream_errors():
             assert f"127.0.0.1:{port}" in ei.value.message
         finally:
             await dead.close()
+
+
+# ---- found in review -------------------------------------------------------------------------
+
+async def test_the_stale_retry_always_opens_a_fresh_connection():
+    # every connection answers its first request, then hangs up on the next one (stale keep-alive)
+    async def handler(peer: Peer) -> None:
+        req = await peer.read_request()
+        if req is None:
+            return
+        await asyncio.sleep(0.05)   # keep both first requests in flight at once -> 2 connections
+        await peer.send(response(req.body))
+        await peer.read_request()   # the next request on this connection: hang up, no answer
+
+    c = LeanHttpClient({}, 8)
+    async with RawServer(handler) as srv:
+        await asyncio.gather(post(c, srv.url, b"a"), post(c, srv.url, b"b"))
+        assert len(srv.peers) == 2
+        resp = await c.post(srv.url, b"x", 2, 1)  # one stale attempt, then a fresh connection
+        await c.close()
+        assert resp.status == 200 and len(srv.peers) == 3
+
+
+async def test_an_unread_stream_pauses_reading():
+    big = b"data: " + b"x" * 65000 + b"\n\n"
+    async def handler(peer: Peer) -> None:
+        if await peer.read_request() is None:
+            return
+        await peer.send(head("Content-Type: text/event-stream", "Transfer-Encoding: chunked"))
+        for _ in range(800):       # ~52 MB, client never reads
+            await peer.send(chunk(big))
+        await peer.until_eof()
+
+    c = LeanHttpClient({}, 8)
+    async with RawServer(handler) as srv:
+        resp = await c.post(srv.url, b"{}", 10, 1, stream=True)
+        await asyncio.sleep(1.5)
+        buffered = len(resp.content._buffer)  # what waits for the consumer (the rest stays in the kernel)
+        assert buffered < 4 * 1024 * 1024
+        line = await resp.content.readline()  # reading resumes as the consumer catches up
+        assert line.startswith(b"data: xxx")
+        resp.close()
+        await c.close()
+
+
+async def test_closing_the_client_closes_connections_still_in_use():
+    release = asyncio.Event()
+    async def handler(peer: Peer) -> None:
+        req = await peer.read_request()
+        await release.wait()
+        await peer.send(response(b"late"))
+        await peer.until_eof()
+
+    c = LeanHttpClient({}, 8)
+    async with RawServer(handler) as srv:
+        t = asyncio.create_task(post(c, srv.url))
+        await srv.wait_requests(1)
+        await c.close()              # shutdown while a call is in flight
+        release.set()
+        await t
+        await asyncio.wait_for(srv.peers[0].eof.wait(), WAIT)  # not parked in a pool nobody tracks

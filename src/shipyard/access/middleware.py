@@ -72,7 +72,7 @@ class AccessMiddleware:
                     role = "admin" if _is_under(path, "/api/keys") else "viewer"
                 else:
                     role = "reviewer" if review else "admin"
-                    if review and _is_basic(headers) and not _same_site(headers):
+                    if review and _is_basic(headers) and not _same_site(headers, scope.get("scheme", "http")):
                         self.access.metrics.decision("forbidden")
                         raise Forbidden("A review change sent with browser (Basic) credentials must come from "
                                         "this server's own pages (Origin or Sec-Fetch-Site).", code="cross_site")
@@ -93,16 +93,19 @@ def _is_basic(headers: Headers) -> bool:
     return headers.get("authorization", "")[:6].lower() == "basic "
 
 
-def _same_site(headers: Headers) -> bool:
-    """The browser says this request comes from this server's own pages."""
-    site = headers.get("sec-fetch-site", "").lower()
-    if site in ("same-origin", "none"):
-        return True
+def _same_site(headers: Headers, scheme: str) -> bool:
+    """The browser says this request comes from this server's own pages: by
+    ``Sec-Fetch-Site`` when it sends one (decisive), else by an ``Origin`` equal to this
+    server's scheme and host."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site.lower() in ("same-origin", "none")
     origin = headers.get("origin")
     if origin and origin != "null":
         from urllib.parse import urlsplit
 
-        return urlsplit(origin).netloc == headers.get("host", "")
+        u = urlsplit(origin)
+        return u.scheme == scheme and u.netloc == headers.get("host", "")
     return False
 
 

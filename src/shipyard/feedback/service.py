@@ -96,10 +96,12 @@ class FeedbackService:
         Human labels and review days stay: they are curated evaluation data (like datasets).
         Bounded batches, one short transaction each. Returns the rows deleted."""
         deleted = 0
-        for table, key, col in (("feedback", "feedback_id", "trace_ts"), ("outcomes", "outcome_id", "created_at")):
+        # trace_ts is the trace's start in whole seconds: compare with whole seconds (never early)
+        for table, key, col, cut in (("feedback", "feedback_id", "trace_ts", int(older_than)),
+                                     ("outcomes", "outcome_id", "created_at", older_than)):
             while True:
                 with self.store._write() as cur:
-                    cur.execute(self.q(f"SELECT {key} FROM {table} WHERE {col} < ? LIMIT ?"), (older_than, batch_size))
+                    cur.execute(self.q(f"SELECT {key} FROM {table} WHERE {col} < ? LIMIT ?"), (cut, batch_size))
                     ids = [r[0] for r in cur.fetchall()]
                     if not ids:
                         break

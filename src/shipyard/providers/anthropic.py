@@ -712,7 +712,7 @@ class AnthropicProvider(HttpProvider):
         headers["anthropic-version"] = options.anthropic_version
         if options.api_key is not None:
             headers["x-api-key"] = options.api_key.get_secret_value()
-        self._http = HttpClient(headers, options.max_connections)
+        self._http = HttpClient(headers, options.max_connections, name, (self._url,))
 
     def error_message(self, raw: bytes) -> str:
         return _error_message(raw)

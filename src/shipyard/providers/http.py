@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator
 
 import orjson
 
-from ..errors import UpstreamError, parse_retry_after
+from ..errors import ConfigError, UpstreamError, parse_retry_after
 from .base import CallTimeouts, Provider
 from .http_client import ConnectionFailed, LeanHttpClient, Response
 
@@ -24,10 +24,19 @@ def connection_error(name: str, exc: BaseException) -> UpstreamError:
 class HttpClient:
     """One lean keep-alive client (http_client.py) per provider, created on the running loop."""
 
-    def __init__(self, headers: dict[str, str], max_connections: int) -> None:
+    def __init__(self, headers: dict[str, str], max_connections: int, provider: str = "",
+                 urls: tuple[str, ...] = ()) -> None:
+        """``urls``: the URLs this provider will call, checked now with the headers (a bad
+        base_url or header is a config error at start-up, not a failing call later)."""
         self.headers = headers
         self.max_connections = max_connections
         self._client: LeanHttpClient | None = None
+        probe = LeanHttpClient(headers, max_connections)
+        for url in urls:
+            try:
+                probe.check(url)
+            except ConnectionFailed as exc:
+                raise ConfigError(f"providers.{provider}: {exc}") from None
 
     async def start(self) -> None:
         if self._client is None or not self._client.open:
@@ -96,6 +105,8 @@ async def read_sse(
         raise timeout_error(name, t) from None
     except ConnectionFailed as exc:
         raise connection_error(name, exc) from None
+    except ValueError:  # asyncio's readline: a line over the limit
+        raise malformed(name, "an unreadable stream line (over 1 MiB, or not UTF-8)") from None
 
 
 def timeout_error(name: str, t: CallTimeouts) -> UpstreamError:

@@ -10,7 +10,10 @@ What it does: POST with a JSON body (``Content-Length``), TLS via ``ssl``, respo
 by ``Content-Length``, chunked encoding or connection close, gzip/deflate bodies, a
 connection limit per client, idle connections reused for ``keepalive_s``, one retry on a
 fresh connection when a reused one turns out to be closed before any byte of the answer
-(the server dropped it while idle), and a total deadline per request covering the body.
+(the server dropped it while idle; a server that read the request and then died without a
+byte of answer would see it twice — the same risk as any retry of a POST), a total
+deadline per request covering the body, flow control on streams (reading pauses while
+``STREAM_BUFFER`` bytes wait for the consumer) and a cap on a whole body (``MAX_BODY``).
 Cancelling a call closes its connection, so the upstream sees the client go.
 Failures raise :class:`ConnectionFailed` or :class:`TimeoutError`.
 """
@@ -29,7 +32,8 @@ import httptools
 
 from .. import __version__
 
-STREAM_LINE_LIMIT = 16 * 1024 * 1024  # one SSE line (a whole chunk) may be large
+STREAM_LINE_LIMIT = 1024 * 1024  # one SSE line (a whole chunk); reading pauses at twice this
+MAX_BODY = 64 * 1024 * 1024  # a non-streamed answer (after decompression)
 
 
 class ConnectionFailed(Exception):
@@ -54,9 +58,10 @@ class _Target:
         host_header = self.host if default_port else f"{self.host}:{self.port}"
         if ":" in self.host:  # IPv6 literal
             host_header = f"[{self.host}]" if default_port else f"[{self.host}]:{self.port}"
-        lines = [f"POST {path} HTTP/1.1", f"host: {host_header}", "accept-encoding: gzip, deflate",
-                 f"user-agent: shipyard/{__version__}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
+        fixed = {"accept-encoding": "gzip, deflate", "user-agent": f"shipyard/{__version__}"}
+        fixed.update({k.lower(): v for k, v in headers.items()
+                      if k.lower() not in ("host", "content-length", "transfer-encoding", "connection")})
+        lines = [f"POST {path} HTTP/1.1", f"host: {host_header}"] + [f"{k}: {v}" for k, v in fixed.items()]
         for line in lines:
             if "\r" in line or "\n" in line:
                 raise ConnectionFailed("a request header contains a line break")
@@ -71,13 +76,12 @@ class Response:
     the body via :meth:`read`, or line by line from ``content`` for a stream."""
 
     __slots__ = ("status", "headers", "content", "_conn", "_chunks", "_done", "_ready", "_decoder",
-                 "_framed", "_got_bytes", "_timer", "complete", "_slot", "_raw_deflate")
+                 "_framed", "_got_bytes", "_timer", "complete", "_slot", "_raw_deflate", "_size")
 
     def __init__(self, conn: _Connection, streaming: bool, loop: asyncio.AbstractEventLoop) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.content: asyncio.StreamReader | None = (
-            asyncio.StreamReader(limit=STREAM_LINE_LIMIT, loop=loop) if streaming else None)
+        self.content: _Body | None = _Body(conn, loop) if streaming else None
         self._conn: _Connection | None = conn
         self._chunks: list[bytes] = []
         self._done: asyncio.Future[None] = loop.create_future()  # the whole body arrived
@@ -89,6 +93,7 @@ class Response:
         self.complete = False
         self._slot: asyncio.Semaphore | None = None  # the pool slot, once post() hands it over
         self._raw_deflate = False
+        self._size = 0
 
     async def read(self) -> bytes:
         if self.content is not None:
@@ -134,6 +139,10 @@ class Response:
         if self.content is not None:
             self.content.feed_data(data)
         else:
+            self._size += len(data)
+            if self._size > MAX_BODY:
+                self._fail(ConnectionFailed(f"the response body exceeds {MAX_BODY // (1024 * 1024)} MiB"))
+                return
             self._chunks.append(data)
 
     def _finish(self) -> None:
@@ -146,6 +155,7 @@ class Response:
         self.complete = True
         if self.content is not None:
             self.content.feed_eof()
+            self.content.detach()
         if not self._done.done():
             self._done.set_result(None)
         if self._timer is not None:
@@ -161,6 +171,7 @@ class Response:
                 fut.exception()  # retrieved: a failure nobody awaits is not logged
         if self.content is not None:
             self.content.set_exception(exc)
+            self.content.detach()
         if self._timer is not None:
             self._timer.cancel()
         if self._conn is not None:
@@ -176,6 +187,25 @@ class Response:
         slot, self._slot = self._slot, None
         if slot is not None:
             slot.release()
+
+
+class _Body(asyncio.StreamReader):
+    """A stream's body: ``readline()`` for the consumer, with flow control on the connection
+    (asyncio's reader pauses the transport above twice its limit and resumes it as the
+    consumer catches up); detached when the body ends, so the connection goes back to the
+    pool reading."""
+
+    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=STREAM_LINE_LIMIT, loop=loop)
+        if conn.transport is not None:
+            self.set_transport(conn.transport)
+
+    def detach(self) -> None:
+        transport = self._transport  # type: ignore[attr-defined]
+        if transport is not None and self._paused and not transport.is_closing():  # type: ignore[attr-defined]
+            transport.resume_reading()
+        self._paused = False
+        self._transport = None
 
 
 class _Connection(asyncio.Protocol):
@@ -278,8 +308,12 @@ class _Pool:
         self.idle: deque[_Connection] = deque()
         self.keepalive_s = keepalive_s
         self.ssl_ctx = ssl_ctx
+        self.closed = False
 
     def put_idle(self, conn: _Connection) -> None:
+        if self.closed:  # the client closed while this call ran
+            conn.abort()
+            return
         conn.idle_since = time.monotonic()
         conn.reused = True
         self.idle.append(conn)
@@ -308,6 +342,7 @@ class _Pool:
         return conn
 
     def close(self) -> None:
+        self.closed = True
         while self.idle:
             self.idle.pop().abort()
 
@@ -323,6 +358,10 @@ class LeanHttpClient:
         self._pools: dict[tuple[bool, str, int], _Pool] = {}
         self._ssl: ssl.SSLContext | None = None
         self.open = True
+
+    def check(self, url: str) -> None:
+        """Raise ConnectionFailed now if ``url`` or the headers cannot make a request."""
+        self._targets[url] = _Target(url, self.headers)
 
     def _pool(self, url: str) -> tuple[_Target, _Pool]:
         target = self._targets.get(url)
@@ -357,7 +396,7 @@ class LeanHttpClient:
         resp: Response | None = None
         try:
             for attempt in range(2):
-                conn = pool.take_idle()
+                conn = pool.take_idle() if attempt == 0 else None  # the retry: always a fresh one
                 if conn is None:
                     conn = await pool.connect(min(connect, max(0.0, deadline - loop.time())))
                 resp = Response(conn, stream, loop)

@@ -62,7 +62,7 @@ class OpenAIProvider(HttpProvider):
             headers["api-key"] = key
         if options.organization:
             headers["openai-organization"] = options.organization
-        self._http = HttpClient(headers, options.max_connections)
+        self._http = HttpClient(headers, options.max_connections, name, (self._chat_url, self._embed_url))
 
     def error_message(self, raw: bytes) -> str:
         return _error_message(raw)

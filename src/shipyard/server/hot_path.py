@@ -133,7 +133,7 @@ class HotRoutes:
                  wrap: Callable[[Handler], Handler] | None = None) -> None:
         self.app = app
         self.routes = routes
-        self._dispatch: Handler = wrap(self._hot) if wrap is not None else self._hot
+        self._dispatch: Handler = wrap(self._route) if wrap is not None else self._route
 
     @property
     def state(self) -> Any:
@@ -142,11 +142,16 @@ class HotRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.routes:
             scope["app"] = self.app  # handlers that build a Request see the app's state
-            await self._dispatch(scope, receive, send)
+            await self._hot(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.routes[scope["path"]](scope, receive, send)
+
     async def _hot(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The handler (behind the access check, if any); an unexpected error is logged and
+        answered with OpenAI's error JSON unless the response has already started."""
         started = False
 
         async def tracked(message: dict[str, Any]) -> None:
@@ -155,7 +160,7 @@ class HotRoutes:
             await send(message)
 
         try:
-            await self.routes[scope["path"]](scope, receive, tracked)
+            await self._dispatch(scope, receive, tracked)
         except Exception:
             log.exception("unhandled error on %s", scope["path"])
             if started:
