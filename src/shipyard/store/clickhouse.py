@@ -42,6 +42,7 @@ import orjson
 from ..errors import InvalidRequest
 from ..tracing.span import Span
 from .base import StoreUnavailable, TraceFilter, decode_cursor, encode_cursor
+from .search import search_words
 from .sql import (
     JSON_COLUMNS,
     MAX_DASHBOARD_BUCKETS,
@@ -249,8 +250,6 @@ def _trace_row(r: tuple) -> dict[str, Any]:
 def span_words(*payloads: str | None) -> list[str]:
     """The searchable words of a span's stored input and output (JSON string values only,
     split into runs of letters and digits, lower-cased), as the other stores index them."""
-    from .postgres import search_words
-
     return sorted(search_words(*payloads))
 
 

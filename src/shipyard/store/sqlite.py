@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .migrations import CREATE_TABLE
-from .schema import SQLITE_SEARCH_TEXT, TIME_ID_SHIFT, time_id_floor
+from .schema import TIME_ID_SHIFT, time_id_floor
+from .search import search_text
 from .sql import SPAN_COLUMNS, SQLITE, SQLStore, _in
 
 # Free-text search (SQLStore._search): terms in more spans than this are "common".
 SPARSE_TERM_DOCS = 20_000
+FTS_CHUNK = 2_000  # spans per statement that writes the search index (2 variables each)
 
 
 def _fts_query(terms: list[str]) -> str:
@@ -148,24 +150,32 @@ class SQLiteStore(SQLStore):
                 new.append((i, rowid))
         return new
 
-    # One INSERT ... SELECT per batch: FTS5 flushes its pending terms at every statement that
+    # One INSERT per FTS_CHUNK spans: FTS5 flushes its pending terms at every statement that
     # opens a savepoint, so a statement per span would write a tiny segment per span.
     @staticmethod
-    def _fts_sql(command: str, match: str) -> str:
-        return (
-            f"WITH x AS MATERIALIZED (SELECT s.rowid AS rid, {SQLITE_SEARCH_TEXT} AS body FROM spans s WHERE {match}) "
-            f"INSERT INTO spans_fts(spans_fts, rowid, body) SELECT {command}, rid, body FROM x WHERE body <> ''"
-        )
+    def _fts_write(cur: sqlite3.Cursor, command: str, docs: list[tuple[int, str]]) -> None:
+        for k in range(0, len(docs), FTS_CHUNK):
+            chunk = docs[k:k + FTS_CHUNK]
+            values = ", ".join([f"({command}, ?, ?)"] * len(chunk))
+            cur.execute(f"INSERT INTO spans_fts(spans_fts, rowid, body) VALUES {values}",
+                        [v for doc in chunk for v in doc])
 
     def _index_text(self, cur: sqlite3.Cursor, rows: list[tuple], new: list[tuple[int, Any]]) -> None:
-        todo = [rowid for i, rowid in new if rows[i][-2] is not None or rows[i][-1] is not None]
-        for k in range(0, len(todo), 10_000):
-            chunk = todo[k:k + 10_000]
-            cur.execute(self._fts_sql("NULL", f"s.rowid IN {_in(chunk)}"), chunk)
+        docs = []
+        for i, rowid in new:
+            inp, out = rows[i][-2], rows[i][-1]
+            if inp is not None or out is not None:
+                text = search_text(inp, out)
+                if text:
+                    docs.append((rowid, text))
+        self._fts_write(cur, "NULL", docs)
 
     def _unindex_text(self, cur: sqlite3.Cursor, trace_ids: list[str]) -> None:
         # a contentless FTS5 table forgets a row only when told the exact text it indexed
-        cur.execute(self._fts_sql("'delete'", f"s.trace_id IN {_in(trace_ids)}"), trace_ids)
+        cur.execute(f"SELECT rowid, input, output FROM spans WHERE trace_id IN {_in(trace_ids)} "
+                    "AND (input IS NOT NULL OR output IS NOT NULL)", trace_ids)
+        docs = [(rowid, text) for rowid, inp, out in cur.fetchall() if (text := search_text(inp, out))]
+        self._fts_write(cur, "'delete'", docs)
 
     # ---- search -------------------------------------------------------------------
     def _match_in(self, terms: list[str], since: float) -> tuple[str, list[Any]]:
