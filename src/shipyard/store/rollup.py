@@ -112,6 +112,18 @@ class Delta:
             self.max_ms = ms if self.max_ms is None else max(self.max_ms, ms)
             self.hist[bucket_of(ms)] += 1
 
+    def merge(self, other: "Delta") -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.cost_usd = _add(self.cost_usd, other.cost_usd)
+        self.input_tokens = _add(self.input_tokens, other.input_tokens)
+        self.output_tokens = _add(self.output_tokens, other.output_tokens)
+        if other.min_ms is not None:
+            self.min_ms = other.min_ms if self.min_ms is None else min(self.min_ms, other.min_ms)
+        if other.max_ms is not None:
+            self.max_ms = other.max_ms if self.max_ms is None else max(self.max_ms, other.max_ms)
+        self.hist = [a + b for a, b in zip(self.hist, other.hist)]
+
     def summary(self, bucket_start: int, model: str) -> dict[str, Any]:
         p50, p95 = quantiles(self.hist, self.min_ms, self.max_ms)
         return {
@@ -138,19 +150,31 @@ def model_key(s: Span) -> str:
 
 def deltas(spans: Iterable[Span]) -> dict[str, list[tuple]]:
     """Rows to upsert per rollup table for these (new) spans; llm spans only, sorted by key
-    so concurrent writers lock rows in the same order."""
+    so concurrent writers lock rows in the same order. Spans are added up per minute once;
+    the coarser tables merge those minutes (their widths are whole minutes)."""
     out: dict[str, list[tuple]] = {}
-    llm = [s for s in spans if s.kind == "llm"]
-    if not llm:
+    minutes: dict[tuple[int, str], Delta] = {}
+    for s in spans:
+        if s.kind != "llm":
+            continue
+        key = (int(s.start_time // 60) * 60, model_key(s))
+        d = minutes.get(key)
+        if d is None:
+            d = minutes[key] = Delta()
+        d.add(s)
+    if not minutes:
         return out
     for table, width in TABLES.items():
-        acc: dict[tuple[int, str], Delta] = {}
-        for s in llm:
-            key = (int(s.start_time // width) * width, model_key(s))
-            d = acc.get(key)
-            if d is None:
-                d = acc[key] = Delta()
-            d.add(s)
+        if width == 60:
+            acc = minutes
+        else:
+            acc = {}
+            for (ts, model), d in minutes.items():
+                key = (ts // width * width, model)
+                into = acc.get(key)
+                if into is None:
+                    acc[key] = into = Delta()
+                into.merge(d)
         out[table] = [acc[k].row(*k) for k in sorted(acc)]
     return out
 
