@@ -1,4 +1,5 @@
-"""SQLite store: WAL mode, one writer and one reader connection, FTS5 search.
+"""SQLite store: WAL mode, one writer and one reader connection, a checkpointer thread, FTS5
+search.
 
 A span's rowid is its time id (start time in milliseconds << 12, plus low bits): the spans
 table is laid out in time order and the contentless FTS5 index, keyed by the same rowid,
@@ -7,6 +8,7 @@ bounds every search by the time window itself (see schema.py).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -20,6 +22,10 @@ from .sql import SPAN_COLUMNS, SQLITE, SQLStore, _in
 
 # Free-text search (SQLStore._search): terms in more spans than this are "common".
 SPARSE_TERM_DOCS = 20_000
+# The WAL is copied back into the database file by a thread of its own once it holds this
+# much (a commit then only appends to the WAL); past WAL_MAX_BYTES the writer does it itself.
+WAL_CHECKPOINT_BYTES = 40 << 20
+WAL_MAX_BYTES = 256 << 20
 FTS_CHUNK = 2_000  # spans per statement that writes the search index (2 variables each)
 
 
@@ -48,6 +54,48 @@ def split_script(script: str) -> list[str]:
     return out
 
 
+class _Checkpointer:
+    """Checkpoints the WAL beside the writer, on a connection and thread of its own: PASSIVE
+    checkpoints never wait for nor block the writer, and SQLite runs them without the GIL, so
+    copying pages back to the database file and syncing it happen off the write path (as
+    PostgreSQL's checkpointer does)."""
+
+    def __init__(self, path: str) -> None:
+        self.wal = path + "-wal"
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="shipyard-sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def wal_bytes(self) -> int:
+        try:
+            return os.stat(self.wal).st_size
+        except OSError:
+            return 0
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(5.0)
+            self._wake.clear()
+            if self._stopping:
+                break
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                pass
+
+    def close(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(60)
+        self._conn.close()
+
+
 class SQLiteStore(SQLStore):
     """Thread-safe: writes go through one connection under a lock (the recorder's thread),
     reads through another (WAL lets them run side by side). ``:memory:`` uses one."""
@@ -62,6 +110,7 @@ class SQLiteStore(SQLStore):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._wconn = self._connect(wal=not memory)
         self._wlock = threading.Lock()
+        self._checkpointer = None if memory else _Checkpointer(self.path)
         if memory:
             self._rconn, self._rlock = self._wconn, self._wlock
         else:
@@ -76,9 +125,11 @@ class SQLiteStore(SQLStore):
         if wal:  # the writer
             conn.execute("PRAGMA journal_mode=WAL")
             # index pages keyed by random ids (span, trace) are rewritten by most batches: a
-            # bigger cache and fewer checkpoints write each of them back less often
+            # bigger cache writes each of them back less often
             conn.execute("PRAGMA cache_size=-131072")  # 128 MiB
-            conn.execute("PRAGMA wal_autocheckpoint=10000")  # pages (~40 MiB of WAL)
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # see _Checkpointer
+            # a restarted WAL is cut back to this size, so its size tells how much it holds
+            conn.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
         else:
             conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -103,6 +154,13 @@ class SQLiteStore(SQLStore):
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            if self._checkpointer is not None:
+                wal = self._checkpointer.wal_bytes()
+                if wal > WAL_MAX_BYTES:  # the checkpointer falls behind: catch up here, and
+                    # restart the WAL from its start
+                    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                elif wal > WAL_CHECKPOINT_BYTES:
+                    self._checkpointer.nudge()
 
     @contextmanager
     def _migration(self) -> Iterator[sqlite3.Cursor]:
@@ -203,6 +261,8 @@ class SQLiteStore(SQLStore):
             return False
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         with self._wlock:
             try:
                 self._wconn.execute("PRAGMA analysis_limit=1000")
