@@ -8,6 +8,7 @@ Needs the ``postgres`` extra: ``pip install 'shipyard[postgres]'``.
 from __future__ import annotations
 
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -103,6 +104,15 @@ def tsquery_literal(terms: list[str]) -> str:
     return " & ".join(terms)
 
 
+def _search_vectors(rows: list[tuple]) -> list[TsVector | None]:
+    """Each span row's search vector (None: no words)."""
+    out: list[TsVector | None] = []
+    for r in rows:
+        words = search_lexemes(r[-2], r[-1]) if r[-2] is not None or r[-1] is not None else None
+        out.append(tsvector_binary(words) if words else None)
+    return out
+
+
 def _configure(conn: Any) -> None:
     conn.adapters.register_dumper(TsVector, _TsVectorDumper)
 
@@ -136,6 +146,7 @@ class PostgresStore(SQLStore):
             configure=_configure,
         )
         self._pool.open(wait=True, timeout=timeout)
+        self._vectorizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shipyard-search-vectors")
         try:
             self.migrate()
         except BaseException:
@@ -182,9 +193,15 @@ class PostgresStore(SQLStore):
         return [tuple(_text(v) for v in r) for r in rows]
 
     def _insert_spans(self, cur: Any, rows: list[tuple]) -> list[tuple[int, Any]]:
-        cur.execute(self._sql_insert_spans, _columns(rows, _TYPES))
-        inserted = {r[0] for r in cur.fetchall()}
-        return [(i, None) for i, r in enumerate(rows) if r[0] in inserted]
+        # The search vectors are made on another thread while the server inserts the spans
+        # (psycopg waits for it without the GIL); each new row's handle is its vector.
+        vectors = self._vectorizer.submit(_search_vectors, rows)
+        try:
+            cur.execute(self._sql_insert_spans, _columns(rows, _TYPES))
+            inserted = {r[0] for r in cur.fetchall()}
+        finally:
+            made = vectors.result()
+        return [(i, made[i]) for i, r in enumerate(rows) if r[0] in inserted]
 
     def _upsert(self, cur: Any, key: str, rows: list[Any]) -> None:
         if rows:  # keys are unique within a batch, so one statement can merge them all
@@ -192,13 +209,11 @@ class PostgresStore(SQLStore):
 
     def _index_text(self, cur: Any, rows: list[tuple], new: list[tuple[int, Any]]) -> None:
         trace_ids, starts, vectors = [], [], []
-        for i, _ in new:
-            r = rows[i]
-            words = search_lexemes(r[-2], r[-1])
-            if words:
-                trace_ids.append(r[1])
-                starts.append(float(r[5]))
-                vectors.append(tsvector_binary(words))
+        for i, vector in new:
+            if vector is not None:
+                trace_ids.append(rows[i][1])
+                starts.append(float(rows[i][5]))
+                vectors.append(vector)
         if vectors:
             cur.execute(
                 "INSERT INTO span_search (trace_id, start_time, tsv) "
@@ -247,3 +262,4 @@ class PostgresStore(SQLStore):
 
     def close(self) -> None:
         self._pool.close()
+        self._vectorizer.shutdown(wait=True)
