@@ -328,3 +328,24 @@ def test_ping_and_close(db: str) -> None:
     assert s.ping()
     s.close()
     assert not s.ping()
+
+
+def test_page_cache_size_comes_from_the_url(tmp_path):
+    import pytest as _pytest
+
+    from shipyard.errors import ConfigError
+    from shipyard.store import open_store
+
+    default = open_store(f"sqlite:///{tmp_path}/a.db")
+    big = open_store(f"sqlite:///{tmp_path}/b.db?cache_mb=192")
+    try:
+        sizes = [(s._wconn.execute("PRAGMA cache_size").fetchone()[0], s._rconn.execute("PRAGMA cache_size").fetchone()[0])
+                 for s in (default, big)]
+        assert sizes == [(-24576, -8192), (-147456, -49152)]  # KiB: 3/4 writer, 1/4 reader
+        assert big.path == f"{tmp_path}/b.db"
+    finally:
+        default.close()
+        big.close()
+    for bad in ("cache_mb=0", "cache_mb=lots", "cache=5"):
+        with _pytest.raises(ConfigError, match="cache"):
+            open_store(f"sqlite:///{tmp_path}/c.db?{bad}")

@@ -20,7 +20,7 @@ def open_store(url: str | None) -> Store | None:
 
         try:
             return SQLiteStore(url)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, ValueError) as exc:
             from ..errors import ConfigError
 
             raise ConfigError(f"store: cannot open SQLite database {url}: {exc}") from None

@@ -33,11 +33,30 @@ def _fts_query(terms: list[str]) -> str:
     return " ".join(f'"{t}"' for t in terms)  # each term a single token: all must occur
 
 
+DEFAULT_CACHE_MB = 32  # page cache of both connections: 3/4 for the writer, 1/4 for the reader
+
+
 def _path(url: str) -> str:
     if url == ":memory:":
         return ":memory:"
     path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url[len("sqlite://"):]
-    return path or ":memory:"
+    return path.split("?", 1)[0] or ":memory:"
+
+
+def _cache_mb(url: str) -> int:
+    """``?cache_mb=N`` on the URL: SQLite's page cache in MiB (it counts in the process's
+    memory; a bigger one speeds up bulk ingest)."""
+    from urllib.parse import parse_qs
+
+    query = url.split("?", 1)[1] if "?" in url else ""
+    params = parse_qs(query, keep_blank_values=True)
+    unknown = set(params) - {"cache_mb"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} (supported: cache_mb)")
+    raw = params.get("cache_mb", [str(DEFAULT_CACHE_MB)])[-1]
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"cache_mb must be a whole number of MiB >= 1, got {raw!r}")
+    return int(raw)
 
 
 def split_script(script: str) -> list[str]:
@@ -105,6 +124,7 @@ class SQLiteStore(SQLStore):
     def __init__(self, url: str) -> None:
         super().__init__()
         self.path = _path(url)
+        self.cache_kib = _cache_mb(url) * 1024
         memory = self.path == ":memory:"
         if not memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -126,12 +146,12 @@ class SQLiteStore(SQLStore):
             conn.execute("PRAGMA journal_mode=WAL")
             # index pages keyed by random ids (span, trace) are rewritten by most batches: a
             # bigger cache writes each of them back less often
-            conn.execute("PRAGMA cache_size=-131072")  # 128 MiB
+            conn.execute(f"PRAGMA cache_size=-{self.cache_kib * 3 // 4}")
             conn.execute("PRAGMA wal_autocheckpoint=0")  # see _Checkpointer
             # a restarted WAL is cut back to this size, so its size tells how much it holds
             conn.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_BYTES}")
         else:
-            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
+            conn.execute(f"PRAGMA cache_size=-{max(1024, self.cache_kib // 4)}")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA temp_store=MEMORY")
         return conn
