@@ -115,6 +115,23 @@ class _Checkpointer:
         self._conn.close()
 
 
+def _switch_to_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """WAL mode. Switching needs a moment of exclusive access, and SQLite does not always
+    run the busy handler for it: processes starting together retry here instead of failing
+    with "database is locked"."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SQLiteStore(SQLStore):
     """Thread-safe: writes go through one connection under a lock (the recorder's thread),
     reads through another (WAL lets them run side by side). ``:memory:`` uses one."""
@@ -143,7 +160,7 @@ class SQLiteStore(SQLStore):
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA busy_timeout=30000")
         if wal:  # the writer
-            conn.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(conn)
             # index pages keyed by random ids (span, trace) are rewritten by most batches: a
             # bigger cache writes each of them back less often
             conn.execute(f"PRAGMA cache_size=-{self.cache_kib * 3 // 4}")
