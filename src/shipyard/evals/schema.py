@@ -13,11 +13,8 @@
 
 from __future__ import annotations
 
-import threading
-import weakref
-from typing import Any
 
-from ..store.migrations import register
+from ..store.migrations import migrate_once, register
 
 register("datasets", [
     """
@@ -182,18 +179,5 @@ register("evals", [
     """,
 ])
 
-_migrated: "weakref.WeakSet[Any]" = weakref.WeakSet()
-_lock = threading.Lock()
-
-
-def ensure_schema(store: Any) -> None:
-    """Apply this package's migrations to a store opened before it was imported (once)."""
-    with _lock:
-        try:
-            if store in _migrated:
-                return
-        except TypeError:  # not weak-referenceable: just migrate
-            store.migrate()
-            return
-        store.migrate()
-        _migrated.add(store)
+# Apply this package's migrations to a store opened before it was imported (once per store).
+ensure_schema = migrate_once()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import Any, Callable, Mapping, Sequence, Union
 
 Step = Union[str, Mapping[str, str]]
@@ -87,3 +88,23 @@ def apply_pending(
             cur.execute(insert, (component, version, time.time()))
             applied.append((component, version))
     return applied
+
+
+def migrate_once() -> Callable[[Any], None]:
+    """A function that migrates each store it is given once: for a feature package whose
+    tables are registered after a store was opened (each package keeps its own memory)."""
+    migrated: weakref.WeakSet[Any] = weakref.WeakSet()
+    lock = threading.Lock()
+
+    def ensure(store: Any) -> None:
+        with lock:
+            try:
+                if store in migrated:
+                    return
+            except TypeError:  # not weak-referenceable: just migrate
+                store.migrate()
+                return
+            store.migrate()
+            migrated.add(store)
+
+    return ensure
