@@ -31,10 +31,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import orjson
 
 from ..errors import GatewayError, InvalidRequest, NotFound
-from ..store.base import decode_cursor, encode_cursor
+from ..store.base import decode_cursor, encode_cursor, json_text, json_value
 from ..store.migrations import register
 
 KEY_PREFIX = "sk-sy-"
@@ -90,16 +89,7 @@ def display_prefix(key: str) -> str:
     return key[: len(KEY_PREFIX) + DISPLAY_CHARS]
 
 
-def _j(v: Any) -> str | None:
-    return None if v is None else orjson.dumps(v).decode()
-
-
-def _l(v: Any) -> Any:
-    if v is None:
-        return None
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        v = bytes(v).decode()
-    return orjson.loads(v)
+_j, _l = json_text, json_value  # JSON columns (store/base.py)
 
 
 def _f(v: Any) -> float | None:

@@ -13,25 +13,15 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-import orjson
 
 from ..errors import GatewayError, InvalidRequest, NotFound
-from ..store.base import decode_cursor, encode_cursor
+from ..store.base import decode_cursor, encode_cursor, json_text, json_value
 from .prompts import PromptVersion, not_found_prompt
 
 MAX_LIST = 500
 
 
-def _j(v: Any) -> str | None:
-    return None if v is None else orjson.dumps(v).decode()
-
-
-def _l(v: Any) -> Any:
-    if v is None:
-        return None
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        v = bytes(v).decode()
-    return orjson.loads(v)
+_j, _l = json_text, json_value  # JSON columns (store/base.py)
 
 
 def _dicts(cur: Any) -> list[dict[str, Any]]:

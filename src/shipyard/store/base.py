@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from ..errors import ShipyardError
 from ..tracing.span import Span
 
@@ -88,3 +90,17 @@ class Store(Protocol):
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+def json_text(v: Any) -> str | None:
+    """A value for a JSON text column (None stays NULL)."""
+    return None if v is None else orjson.dumps(v).decode()
+
+
+def json_value(v: Any) -> Any:
+    """A JSON text column read back (str, bytes or a memoryview from the driver)."""
+    if v is None:
+        return None
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        v = bytes(v).decode()
+    return orjson.loads(v)
