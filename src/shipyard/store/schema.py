@@ -3,8 +3,9 @@
 - ``traces``: spans (insert-only) and one summary row per trace, upserted as spans arrive.
 - ``trace_search``: free-text index over span inputs and outputs: words are runs of letters
   and digits (Unicode categories L and N), matched whole and case-insensitively, all words
-  of a query required. SQLite: FTS5, contentless, no positions (``detail=none``): small and
-  fast to write. PostgreSQL: a ``tsvector`` of the same words (no positions) with a GIN index.
+  of a query required. SQLite: FTS5, contentless, no positions, in a file of its own written
+  by a thread of its own (sqlite_search.py; here only the time ids it is keyed by).
+  PostgreSQL: a ``tsvector`` of the same words (no positions) with a GIN index.
 - ``llm_rollup``: per-minute and per-hour rollups of llm spans for dashboards.
 
 Features with tables of their own register their own components beside these.
@@ -14,18 +15,6 @@ from __future__ import annotations
 
 from . import rollup
 from .migrations import register
-from .search import SEARCH_TEXT_MAX
-
-# The text a span contributes to the SQLite search index: every JSON string value of its
-# input and output. Kept for the step that builds the index of databases that predate it;
-# the store computes the same text in Python (search.search_text), both when indexing and
-# when un-indexing (the contentless FTS5 table must be told exactly what it indexed).
-SQLITE_SEARCH_TEXT = "substr(trim(" + " || ' ' || ".join(
-    # json_tree cuts a string at an escaped NUL: such escapes are read as spaces instead
-    f"COALESCE(CASE WHEN json_valid(s.{col}) THEN (SELECT group_concat(value, ' ') "
-    f"FROM json_tree(replace(s.{col}, '\\u0000', '\\u0020')) WHERE type = 'text') END, '')"
-    for col in ("input", "output")
-) + f"), 1, {SEARCH_TEXT_MAX})"
 
 # SQLite numbers spans by start time: a span's rowid is its "time id", whole milliseconds
 # shifted left 12 bits plus low bits that tell apart spans of one millisecond. The table is
@@ -120,7 +109,8 @@ register("traces", [
 
 register("trace_search", [
     {
-        # Spans written before this step are renumbered by start time first (see TIME_ID_SQL).
+        # Spans written before this step are renumbered by start time (see TIME_ID_SQL). (This
+        # step also built an FTS5 index in the database itself, until step 3 moved it out.)
         "sqlite": f"""
         CREATE TEMP TABLE _time_ids AS
             SELECT rowid AS old,
@@ -130,13 +120,6 @@ register("trace_search", [
         UPDATE spans SET rowid = -rowid;
         UPDATE spans SET rowid = (SELECT new FROM _time_ids WHERE old = -spans.rowid);
         DROP TABLE _time_ids;
-        CREATE VIRTUAL TABLE spans_fts USING fts5(
-            body, content='', detail=none,
-            tokenize="unicode61 remove_diacritics 0 categories 'L* N*'");
-        CREATE VIRTUAL TABLE spans_fts_vocab USING fts5vocab(spans_fts, 'row');
-        INSERT INTO spans_fts(rowid, body)
-            SELECT rid, body FROM (SELECT s.rowid AS rid, {SQLITE_SEARCH_TEXT} AS body FROM spans s)
-            WHERE body <> '';
         """,
         # The tsvector is built by the store (words as SQLite's tokenizer sees them, lower-cased,
         # no positions) and cast, which is several times faster than to_tsvector's parser.
@@ -167,6 +150,14 @@ register("trace_search", [
         END
         $$;
         """,
+    },
+    # 3: SQLite: the index moves to a file of its own (sqlite_search.py rebuilds it there)
+    {
+        "sqlite": """
+        DROP TABLE IF EXISTS spans_fts_vocab;
+        DROP TABLE IF EXISTS spans_fts;
+        """,
+        "postgresql": "",
     },
 ])
 

@@ -1,13 +1,13 @@
 """What free-text search sees of a span: the string values of its JSON input and output.
 
 Every backend indexes the same words: runs of letters and digits (Unicode L and N), matched
-whole and case-insensitively. SQLite's FTS5 tokenizer splits ``search_text`` itself;
-PostgreSQL and ClickHouse get the words from ``search_words``/``search_lexemes``.
+whole and case-insensitively, lower-cased by Python. SQLite's FTS5 gets ``fts_text`` (the
+words separated by spaces, for its ``ascii`` tokenizer); PostgreSQL and ClickHouse get the
+words from ``search_words``/``search_lexemes``.
 
-``search_text`` must give the same text as ``schema.SQLITE_SEARCH_TEXT`` (the SQL that
-indexed SQLite databases before it): a contentless FTS5 index forgets a row only when told
-the exact words it indexed, and purge recomputes them with this function. It is plain
-Python because parsing JSON here is several times cheaper than SQLite's ``json_tree``.
+A contentless FTS5 index forgets a row only when told the exact words it indexed: purge
+recomputes them with these functions, so what they return for a given payload must not change
+without rebuilding the SQLite index (delete the ``<database>-search`` file: it is rebuilt).
 """
 
 from __future__ import annotations
@@ -68,6 +68,14 @@ class _WordChars(dict):
 
 
 _WORD_CHARS = _WordChars()
+
+
+def fts_text(text: str) -> str:
+    """The words of ``text``, lower-cased, everything between them a space."""
+    text = text.lower()
+    if text.isascii():  # the common case, entirely in C
+        return text.encode().translate(_ASCII_WORDS).decode()
+    return text.translate(_WORD_CHARS)
 
 
 def _lexemes(text: str) -> set[bytes]:

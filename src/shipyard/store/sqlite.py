@@ -1,5 +1,5 @@
-"""SQLite store: WAL mode, one writer and one reader connection, a checkpointer thread, FTS5
-search.
+"""SQLite store: WAL mode, one writer and one reader connection, a checkpointer thread, and
+an FTS5 search index in a file of its own with a thread of its own (sqlite_search.py).
 
 A span's rowid is its time id (start time in milliseconds << 12, plus low bits): the spans
 table is laid out in time order and the contentless FTS5 index, keyed by the same rowid,
@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 from .migrations import CREATE_TABLE
 from .schema import TIME_ID_SHIFT, time_id_floor
-from .search import search_text
 from .sql import SPAN_COLUMNS, SQLITE, SQLStore, _in
+from .sqlite_search import SearchIndex, fts_query, span_docs
 
 # Free-text search (SQLStore._search): terms in more spans than this are "common".
 SPARSE_TERM_DOCS = 20_000
@@ -26,11 +26,8 @@ SPARSE_TERM_DOCS = 20_000
 # much (a commit then only appends to the WAL); past WAL_MAX_BYTES the writer does it itself.
 WAL_CHECKPOINT_BYTES = 40 << 20
 WAL_MAX_BYTES = 256 << 20
-FTS_CHUNK = 2_000  # spans per statement that writes the search index (2 variables each)
-
-
-def _fts_query(terms: list[str]) -> str:
-    return " ".join(f'"{t}"' for t in terms)  # each term a single token: all must occur
+# A search first waits this long for the index to catch up with what this process wrote.
+SEARCH_WAIT_S = 10.0
 
 
 DEFAULT_CACHE_MB = 32  # page cache of both connections: 3/4 for the writer, 1/4 for the reader
@@ -154,7 +151,28 @@ class SQLiteStore(SQLStore):
             self._rconn, self._rlock = self._connect(wal=False), threading.Lock()
         self._conn, self._lock = self._wconn, self._wlock  # the writer, under the names of 0.1
         self._seq = 0  # low bits of time ids
+        self._to_index: list[tuple[int, str]] = []  # documents of the open transaction
+        self._unindexed = False  # the open transaction took documents out of the index
         self.migrate()
+        self._fts = self._open_search(memory)
+
+    def _open_search(self, memory: bool) -> SearchIndex:
+        if memory:
+            self._wconn.execute("ATTACH DATABASE ':memory:' AS search")
+            return SearchIndex(self._wconn, "search", threaded=False, read_spans=lambda: self._wconn)
+        path = self.path + "-search"
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=30000")
+        _switch_to_wal(conn)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA cache_size=-{max(2048, self.cache_kib // 4)}")
+        with self._rlock:
+            self._rconn.execute("ATTACH DATABASE ? AS search", (path,))
+        return SearchIndex(conn, "main", threaded=True, read_spans=lambda: self._connect(wal=False))
+
+    def wait_for_search_index(self, timeout: float = 600.0) -> bool:
+        """Wait until every span written so far by this store is searchable."""
+        return self._fts.catch_up(timeout)
 
     def _connect(self, wal: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -189,8 +207,16 @@ class SQLiteStore(SQLStore):
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+                self._to_index = []
+                if self._unindexed:  # spans kept whose documents are gone: index them again
+                    self._unindexed = False
+                    self._fts.repair_soon()
                 raise
             conn.execute("COMMIT")
+            self._unindexed = False
+            if self._to_index:
+                docs, self._to_index = self._to_index, []
+                self._fts.add(docs)
             if self._checkpointer is not None:
                 wal = self._checkpointer.wal_bytes()
                 if wal > WAL_MAX_BYTES:  # the checkpointer falls behind: catch up here, and
@@ -245,48 +271,40 @@ class SQLiteStore(SQLStore):
                 new.append((i, rowid))
         return new
 
-    # One INSERT per FTS_CHUNK spans: FTS5 flushes its pending terms at every statement that
-    # opens a savepoint, so a statement per span would write a tiny segment per span.
-    @staticmethod
-    def _fts_write(cur: sqlite3.Cursor, command: str, docs: list[tuple[int, str]]) -> None:
-        for k in range(0, len(docs), FTS_CHUNK):
-            chunk = docs[k:k + FTS_CHUNK]
-            values = ", ".join([f"({command}, ?, ?)"] * len(chunk))
-            cur.execute(f"INSERT INTO spans_fts(spans_fts, rowid, body) VALUES {values}",
-                        [v for doc in chunk for v in doc])
-
     def _index_text(self, cur: sqlite3.Cursor, rows: list[tuple], new: list[tuple[int, Any]]) -> None:
-        docs = []
-        for i, rowid in new:
-            inp, out = rows[i][-2], rows[i][-1]
-            if inp is not None or out is not None:
-                text = search_text(inp, out)
-                if text:
-                    docs.append((rowid, text))
-        self._fts_write(cur, "NULL", docs)
+        docs = span_docs((rowid, rows[i][-2], rows[i][-1]) for i, rowid in new)
+        if self._fts.threaded:
+            self._to_index += docs  # indexed once committed (_write)
+        else:
+            self._fts.add(docs, cur)
 
     def _unindex_text(self, cur: sqlite3.Cursor, trace_ids: list[str]) -> None:
-        # a contentless FTS5 table forgets a row only when told the exact text it indexed
-        cur.execute(f"SELECT rowid, input, output FROM spans WHERE trace_id IN {_in(trace_ids)} "
-                    "AND (input IS NOT NULL OR output IS NOT NULL)", trace_ids)
-        docs = [(rowid, text) for rowid, inp, out in cur.fetchall() if (text := search_text(inp, out))]
-        self._fts_write(cur, "'delete'", docs)
+        # a contentless FTS5 index forgets a document only when told the exact text it indexed
+        cur.execute(f"SELECT rowid, input, output FROM spans WHERE trace_id IN {_in(trace_ids)}", trace_ids)
+        self._unindexed = True
+        self._fts.remove(span_docs(cur.fetchall()), cur)
 
     # ---- search -------------------------------------------------------------------
+    def _search(self, cur: sqlite3.Cursor, where: list[str], args: list[Any], terms: list[str],
+                since: float, limit: int) -> list[dict[str, Any]]:
+        self._fts.catch_up(SEARCH_WAIT_S)  # what this process wrote is found
+        return super()._search(cur, where, args, terms, since, limit)
+
     def _match_in(self, terms: list[str], since: float) -> tuple[str, list[Any]]:
         # the FTS rowid is the span's time id: the window bounds the index scan itself
-        return ("t.trace_id IN (SELECT s.trace_id FROM spans_fts JOIN spans s ON s.rowid = spans_fts.rowid "
-                "WHERE spans_fts MATCH ? AND spans_fts.rowid >= ?)", [_fts_query(terms), time_id_floor(since)])
+        return ("t.trace_id IN (SELECT s.trace_id FROM search.spans_fts f JOIN spans s ON s.rowid = f.rowid "
+                "WHERE f.spans_fts MATCH ? AND f.rowid >= ?)", [fts_query(terms), time_id_floor(since)])
 
     def _match_exists(self, terms: list[str]) -> tuple[str, list[Any]]:
-        return ("EXISTS (SELECT 1 FROM spans s JOIN spans_fts ON spans_fts.rowid = s.rowid "
-                "WHERE s.trace_id = t.trace_id AND spans_fts MATCH ?)", [_fts_query(terms)])
+        return ("EXISTS (SELECT 1 FROM spans s JOIN search.spans_fts f ON f.rowid = s.rowid "
+                "WHERE s.trace_id = t.trace_id AND f.spans_fts MATCH ?)", [fts_query(terms)])
 
     def _common(self, cur: sqlite3.Cursor, terms: list[str], since: float) -> bool:
-        # spans holding the rarest term, over all time (the vocabulary keeps no times)
-        cur.execute(f"SELECT term, doc FROM spans_fts_vocab WHERE term IN {_in(terms)}", terms)
+        # spans holding the rarest word, over all time (the vocabulary keeps no times)
+        words = fts_query(terms).replace('"', "").split()
+        cur.execute(f"SELECT term, doc FROM search.spans_fts_vocab WHERE term IN {_in(words)}", words)
         docs = dict(cur.fetchall())
-        return min(docs.get(t, 0) for t in terms) > SPARSE_TERM_DOCS
+        return min(docs.get(w, 0) for w in words) > SPARSE_TERM_DOCS
 
     # ---- lifecycle ----------------------------------------------------------------
     def ping(self) -> bool:
@@ -298,6 +316,7 @@ class SQLiteStore(SQLStore):
             return False
 
     def close(self) -> None:
+        self._fts.close()
         if self._checkpointer is not None:
             self._checkpointer.close()
         with self._wlock:
