@@ -173,6 +173,8 @@ def ingest(store: Any, n: int, now: float, progress: bool, server: Any = None) -
         chunk = [s for _, s in zip(range(CHUNK), source)]
         if not chunk:
             break
+        gc.collect()
+        gc.freeze()  # the chunk held here is not the store's: Python's GC skips it
         c0, t0 = time.process_time(), time.perf_counter()
         for k in range(0, len(chunk), BATCH):
             store.write_spans(chunk[k:k + BATCH], dump)
@@ -181,6 +183,8 @@ def ingest(store: Any, n: int, now: float, progress: bool, server: Any = None) -
         busy += time.perf_counter() - t0
         cpu += time.process_time() - c0
         written += len(chunk)
+        del chunk
+        gc.unfreeze()
         if progress and time.perf_counter() - last > 30:
             last = time.perf_counter()
             print(f"  … {written:,} spans, {written / busy:,.0f}/s in write_spans "
